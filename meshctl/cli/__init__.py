@@ -1,0 +1,1 @@
+"""The `meshctl` command line: thin Typer commands over the library."""

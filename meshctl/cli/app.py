@@ -1,0 +1,36 @@
+"""The Typer app. Commands import torch and friends inside their bodies, so `--help` stays fast."""
+
+from __future__ import annotations
+
+import typer
+
+from meshctl import __version__
+from meshctl.cli import models as models_cmd
+
+app = typer.Typer(
+    name="meshctl",
+    help="Scaling studies of recursive transformers and MeSH: models, data, training, sweeps, reports.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"meshctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """meshctl command line."""
+
+
+app.command("models")(models_cmd.models)
+
+
+def main() -> None:
+    app()
