@@ -1,0 +1,204 @@
+"""GPT-NeoX / Megatron memory-mapped indexed dataset: a headerless `.bin` of tokens plus an `.idx`.
+
+Byte layout as in gpt-neox `megatron/data/indexed_dataset.py` (`MMapIndexedDataset.Index`), which Pythia
+vendors as `utils/mmap_dataset.py`; see reference/pythia-data-flops.md §4.3. All integers little-endian:
+
+    0   9      magic b"MMIDIDX\\x00\\x00"
+    9   8  <Q  version == 1
+    17  1  <B  dtype code (1 uint8, 2 int8, 3 int16, 4 int32, 5 int64, 6 float32, 7 float64, 8 uint16)
+    18  8  <Q  len: number of sequences
+    26  8  <Q  doc_count = len(doc_idx)
+    34         sizes int32[len], pointers int64[len] (byte offsets into .bin), doc_idx int64[doc_count]
+
+Files written here are read by gpt-neox and Pythia's tools, and Pythia's preshuffled Pile files are read here.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Sequence
+from functools import cached_property
+from pathlib import Path
+from types import TracebackType
+
+import numpy as np
+
+from meshctl.errors import BadInput
+
+MAGIC = b"MMIDIDX\x00\x00"
+VERSION = 1
+HEADER = struct.Struct("<9sQBQQ")  # magic, version, dtype code, len, doc_count: 34 bytes
+DTYPES: dict[int, type[np.generic]] = {
+    1: np.uint8,
+    2: np.int8,
+    3: np.int16,
+    4: np.int32,
+    5: np.int64,
+    6: np.float32,
+    7: np.float64,
+    8: np.uint16,
+}
+DTYPE_CODES = {np.dtype(t): code for code, t in DTYPES.items()}
+
+
+def best_dtype(vocab_size: int) -> np.dtype:
+    """Megatron's `__best_fitting_dtype`: uint16 below 65500 token ids, else int32."""
+    return np.dtype(np.uint16 if vocab_size < 65500 else np.int32)
+
+
+def index_path(prefix: str | os.PathLike) -> Path:
+    return Path(f"{os.fspath(prefix)}.idx")
+
+
+def data_path(prefix: str | os.PathLike) -> Path:
+    return Path(f"{os.fspath(prefix)}.bin")
+
+
+class IndexedDatasetWriter:
+    """Write one `.bin/.idx` pair; each `add_document` adds one sequence and ends one document.
+
+    Files appear under their final names only at a clean `close()` (temp files renamed), so a crash
+    never leaves a half-written dataset that looks complete.
+    """
+
+    def __init__(self, prefix: str | os.PathLike, vocab_size: int) -> None:
+        if vocab_size < 1:
+            raise BadInput(f"vocab_size must be positive, got {vocab_size}")
+        self.prefix = Path(prefix)
+        self.vocab_size = vocab_size
+        self.dtype = best_dtype(vocab_size)
+        self._tmp = f".tmp-{os.getpid()}"
+        self._bin_tmp = Path(f"{data_path(prefix)}{self._tmp}")
+        self._idx_tmp = Path(f"{index_path(prefix)}{self._tmp}")
+        self._bin = open(self._bin_tmp, "wb")
+        self._sizes: list[int] = []
+        self._doc_idx: list[int] = [0]
+        self.closed = False
+
+    def add_document(self, tokens: Sequence[int] | np.ndarray) -> None:
+        arr = np.asarray(tokens)
+        if arr.ndim != 1:
+            raise ValueError(f"a document is a 1-D sequence of token ids, got shape {arr.shape}")
+        if arr.size and (arr.min() < 0 or arr.max() >= self.vocab_size):
+            raise ValueError(f"token ids must be in [0, {self.vocab_size}), got [{arr.min()}, {arr.max()}]")
+        self._bin.write(arr.astype(self.dtype, copy=False).tobytes(order="C"))
+        self._sizes.append(int(arr.size))
+        self._doc_idx.append(len(self._sizes))
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(self._sizes)
+
+    def close(self) -> None:
+        """Write the index and move both files into place (the `.idx` last: it is what readers open)."""
+        if self.closed:
+            return
+        self._bin.close()
+        sizes = np.asarray(self._sizes, dtype=np.int32)
+        pointers = np.zeros(len(sizes), dtype=np.int64)
+        np.cumsum(sizes[:-1], dtype=np.int64, out=pointers[1:])
+        pointers *= self.dtype.itemsize
+        with open(self._idx_tmp, "wb") as f:
+            f.write(HEADER.pack(MAGIC, VERSION, DTYPE_CODES[self.dtype], len(sizes), len(self._doc_idx)))
+            f.write(sizes.astype("<i4").tobytes())
+            f.write(pointers.astype("<i8").tobytes())
+            f.write(np.asarray(self._doc_idx, dtype="<i8").tobytes())
+        os.replace(self._bin_tmp, data_path(self.prefix))
+        os.replace(self._idx_tmp, index_path(self.prefix))
+        self.closed = True
+
+    def abort(self) -> None:
+        """Drop the temp files; nothing under the final names is touched."""
+        self._bin.close()
+        for p in (self._bin_tmp, self._idx_tmp):
+            p.unlink(missing_ok=True)
+        self.closed = True
+
+    def __enter__(self) -> IndexedDatasetWriter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class IndexedDataset:
+    """Read-only view of a `.bin/.idx` pair through np.memmap: nothing is loaded until indexed.
+
+    `ds[i]` is sequence i as a 1-D array of `ds.dtype` (a view into the memmap, not a copy).
+    """
+
+    def __init__(self, prefix: str | os.PathLike) -> None:
+        self.prefix = Path(prefix)
+        self._open()
+
+    def _open(self) -> None:
+        idx, bin_ = index_path(self.prefix), data_path(self.prefix)
+        for p in (idx, bin_):
+            if not p.is_file():
+                raise BadInput(f"{p}: file not found; give the dataset prefix (path without .bin/.idx) or run `meshctl data prepare`")
+        idx_bytes = idx.stat().st_size
+        with open(idx, "rb") as f:
+            head = f.read(HEADER.size)
+        if len(head) < HEADER.size or head[:9] != MAGIC:
+            raise BadInput(f"{idx}: not a GPT-NeoX/Megatron MMIDIDX index (bad magic); re-run `meshctl data prepare`")
+        _, version, code, n, doc_count = HEADER.unpack(head)
+        if version != VERSION:
+            raise BadInput(f"{idx}: index version {version} is not supported (only {VERSION})")
+        if code not in DTYPES:
+            raise BadInput(f"{idx}: unknown dtype code {code} (known: {sorted(DTYPES)})")
+        expected_idx = HEADER.size + 12 * n + 8 * doc_count
+        if idx_bytes < expected_idx:
+            raise BadInput(f"{idx}: truncated index ({idx_bytes} bytes, header says {expected_idx}); re-run `meshctl data prepare`")
+        self.dtype = np.dtype(DTYPES[code])
+        self.sizes = np.memmap(idx, dtype="<i4", mode="r", offset=HEADER.size, shape=(n,))
+        self.pointers = np.memmap(idx, dtype="<i8", mode="r", offset=HEADER.size + 4 * n, shape=(n,))
+        self.doc_idx = np.memmap(idx, dtype="<i8", mode="r", offset=HEADER.size + 12 * n, shape=(doc_count,))
+        need = int(self.pointers[-1]) + int(self.sizes[-1]) * self.dtype.itemsize if n else 0
+        have = bin_.stat().st_size
+        if have < need:
+            raise BadInput(f"{bin_}: truncated ({have} bytes, the index needs {need}); copy or prepare it again")
+        # an empty .bin cannot be mapped; an empty array reads the same
+        self.tokens = np.memmap(bin_, dtype=self.dtype, mode="r") if have else np.empty(0, self.dtype)
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        n = len(self.sizes)
+        if not -n <= i < n:
+            raise IndexError(f"sequence {i} out of range for {n} sequences")
+        i %= n
+        start = int(self.pointers[i]) // self.dtype.itemsize
+        return self.tokens[start : start + int(self.sizes[i])]
+
+    @cached_property
+    def num_tokens(self) -> int:
+        return int(self.sizes.sum(dtype=np.int64))
+
+    @property
+    def num_documents(self) -> int:
+        return max(len(self.doc_idx) - 1, 0)
+
+    def is_contiguous(self) -> bool:
+        """Sequences laid end to end in index order (always true for Megatron/meshctl writers)."""
+        n = len(self.sizes)
+        if n == 0:
+            return True
+        # cheap check on the ends; a full scan of the pointers of the Pile would read gigabytes
+        last = (self.num_tokens - int(self.sizes[-1])) * self.dtype.itemsize
+        return int(self.pointers[0]) == 0 and int(self.pointers[-1]) == last
+
+    # memmaps pickle as full copies: DataLoader workers reopen the files instead
+    def __getstate__(self) -> dict:
+        return {"prefix": self.prefix}
+
+    def __setstate__(self, state: dict) -> None:
+        self.prefix = state["prefix"]
+        self._open()
+
+    def __repr__(self) -> str:
+        return f"IndexedDataset({str(self.prefix)!r}, sequences={len(self)}, dtype={self.dtype.name})"
