@@ -73,7 +73,10 @@ def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str
         table.add_column(header, justify="right" if numeric else "left")
     for row in rows:
         table.add_row(*(format_cell(row.get(key)) for key, _ in columns))
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:  # piped or captured: never truncate cells to 80 columns
+        console = Console(width=max(console.width, 240))
+    console.print(table)
 
 
 def format_cell(value: Any) -> str:
@@ -81,8 +84,16 @@ def format_cell(value: Any) -> str:
         return "-"
     if isinstance(value, bool):
         return "yes" if value else "no"
-    if isinstance(value, int):
-        return f"{value:,}"
+    if isinstance(value, (int, float)) and abs(value) >= 1e4:
+        return human(value)
     if isinstance(value, float):
-        return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.3e}"
+        return f"{value:.4g}"
     return str(value)
+
+
+def human(value: float) -> str:
+    """1_208_602_624 -> '1.209B': short enough for a table; JSON keeps the exact number."""
+    for unit, scale in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.4g}{unit}"
+    return f"{value:g}"

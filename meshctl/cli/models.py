@@ -17,10 +17,10 @@ COLUMNS = [
     ("n_head", "heads"),
     ("params_total", "total"),
     ("params_non_embedding", "non-emb"),
-    ("params_unrolled_non_embedding", "unrolled non-emb"),
-    ("params_recurrence", "routers/mix"),
-    ("flops_per_token_6n", "FLOPs/tok 6N"),
-    ("flops_per_token_6n_attn", "FLOPs/tok 6N+attn"),
+    ("params_unrolled_non_embedding", "unrolled"),
+    ("params_recurrence", "routers"),
+    ("flops_per_token_6n", "6N/tok"),
+    ("flops_per_token_6n_attn", "+attn/tok"),
 ]
 
 
