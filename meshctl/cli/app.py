@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from meshctl import __version__
+from meshctl.cli import data as data_cmd
 from meshctl.cli import models as models_cmd
 
 app = typer.Typer(
@@ -30,6 +31,7 @@ def root(
 
 
 app.command("models")(models_cmd.models)
+app.add_typer(data_cmd.app, name="data")
 
 
 def main() -> None:
