@@ -1,0 +1,45 @@
+"""Content hashes: a run id is derived from the canonical resolved run spec, never chosen by hand.
+
+Excluded from a run's identity: where things live (results/run directories, the executor and its
+resources) — moving a study or switching local -> SLURM must not re-run it. The data directory enters by
+its final component only (`data/pile-deduped` and `/scratch/x/pile-deduped` are the same dataset), so two
+studies on different datasets never share run ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import PurePath
+from typing import Any
+
+RUN_ID_LENGTH = 12
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def digest(obj: Any, length: int | None = None) -> str:
+    h = hashlib.sha256(canonical_json(obj).encode()).hexdigest()
+    return h[:length] if length else h
+
+
+def identity(run_spec: dict[str, Any]) -> dict[str, Any]:
+    """The part of a resolved run spec that decides what is computed."""
+    ident = json.loads(canonical_json(run_spec))
+    data = ident.get("data")
+    if isinstance(data, dict):
+        for key in ("path",):
+            if data.get(key):
+                data[key] = PurePath(str(data[key])).name
+        for eval_set in (data.get("eval_sets") or {}).values():
+            if isinstance(eval_set, dict) and eval_set.get("path"):
+                eval_set["path"] = PurePath(str(eval_set["path"])).name
+    for key in ("run_dir", "results_dir", "executor", "resources"):
+        ident.pop(key, None)
+    return ident
+
+
+def run_id(run_spec: dict[str, Any]) -> str:
+    return digest(identity(run_spec), RUN_ID_LENGTH)

@@ -1,0 +1,207 @@
+"""Sweep specs: a YAML study (scale groups x variants x seeds) expanded into validated runs.
+
+A scale group compares models at matched compute: its vanilla reference preset fixes width, vocabulary
+and depth, and every variant must unroll to the same depth (the `n_layer` the variant inherits from the
+reference is checked by `ModelSpec`) unless the group says `matched_compute: false`. Everything is
+checked before anything is submitted; errors name the YAML path of the field and say how to fix it.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from meshctl.errors import BadInput
+from meshctl.models.spec import Family, Recurrence
+from meshctl.specs.hashing import digest, run_id
+from meshctl.specs.run import RunSpec, validation_message
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+
+
+class Variant(BaseModel):
+    """Recursive variants of a group's reference model; list values expand as a grid."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    structure: str = Field(..., description="the paper's layer config, e.g. 4+8R2+4 (4+8+8+4 for vanilla_mesh)")
+    recurrence: Recurrence | list[Recurrence] = Field("base", description="state passing; a list expands")
+    family: Literal["recursive", "vanilla_mesh"] = Field("recursive", description="recursive | vanilla_mesh")
+    mesh_slots: int | list[int] | None = Field(None, description="MeSH buffer slots B; a list expands")
+    label: str | None = Field(None, description="name of this variant in reports (default: its recurrence)")
+    model: dict[str, Any] = Field(default_factory=dict, description="other ModelSpec fields to change")
+    train: dict[str, Any] = Field(default_factory=dict, description="training overrides for this variant")
+
+
+class Group(BaseModel):
+    """One scale: a vanilla reference and the variants compared with it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(..., pattern=NAME_PATTERN, description="group name, e.g. the scale (160m)")
+    vanilla: str = Field(..., description="preset of the vanilla reference, e.g. pythia-160m")
+    include_vanilla: bool = Field(True, description="also train the vanilla reference")
+    matched_compute: bool = Field(True, description="variants must unroll to the reference's depth")
+    variants: list[Variant] = Field(default_factory=list, description="recursive / MeSH variants")
+    train: dict[str, Any] = Field(default_factory=dict, description="training overrides for this scale (lr, batch)")
+    resources: dict[str, Any] = Field(default_factory=dict, description="executor resource overrides")
+
+    @field_validator("vanilla")
+    @classmethod
+    def _known_vanilla(cls, value: str) -> str:
+        from meshctl.models.presets import get_preset
+
+        if get_preset(value).family != "vanilla":
+            raise ValueError(f"{value!r} is not a vanilla preset; name the scale's vanilla model (e.g. pythia-410m)")
+        return value
+
+
+class ExecutorSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["local", "slurm"] = Field("local", description="local processes or SLURM")
+    max_parallel: int = Field(1, gt=0, description="runs at once (local) / array parallelism (slurm)")
+    resources: dict[str, Any] = Field(default_factory=dict, description="default resources of every run")
+
+
+class SweepSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(..., pattern=NAME_PATTERN, description="sweep name (status/report key)")
+    description: str = Field("", description="what the sweep reproduces")
+    data: dict[str, Any] = Field(..., description="RunSpec data section shared by all runs")
+    train: dict[str, Any] = Field(default_factory=dict, description="RunSpec train defaults for all runs")
+    seeds: list[int] = Field([1234], min_length=1, description="one run per seed per model")
+    groups: list[Group] = Field(..., min_length=1, description="scale groups")
+    executor: ExecutorSpec = Field(default_factory=ExecutorSpec, description="where runs execute")
+
+
+@dataclass
+class PlannedRun:
+    run_id: str
+    spec: RunSpec  # resolved
+    labels: dict[str, Any]
+    resources: dict[str, Any]
+    where: str  # YAML path it came from, for messages
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _yaml_path(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def parse_sweep(data: Any, source: str = "sweep") -> SweepSpec:
+    if not isinstance(data, dict):
+        raise BadInput(f"{source}: expected a mapping with name, data, groups (got {type(data).__name__})")
+    try:
+        return SweepSpec.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        msg = err.get("msg", "invalid").removeprefix("Value error, ")
+        if err.get("type") == "extra_forbidden":
+            msg = "unknown key; remove it or check its spelling"
+        raise BadInput(f"{source}: {_yaml_path(tuple(err.get('loc', ())))}: {msg}") from None
+
+
+def load_sweep(path: str | Path) -> tuple[SweepSpec, dict[str, Any]]:
+    """The validated spec and the raw mapping (hashed for provenance)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise BadInput(f"{path}: no such sweep spec; see sweeps/ for examples")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        raise BadInput(f"{path}{line}: invalid YAML ({exc.problem or exc.context}); fix the syntax there") from None
+    except yaml.YAMLError as exc:
+        raise BadInput(f"{path}: invalid YAML ({exc})") from None
+    return parse_sweep(data, str(path)), data
+
+
+def _merge(*layers: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for layer in layers:
+        out.update(layer)
+    return out
+
+
+def _model_changes(group: Group, variant: Variant, recurrence: str, slots: int | None) -> dict[str, Any]:
+    changes: dict[str, Any] = {"preset": group.vanilla, "family": variant.family,
+                               "structure": variant.structure, "recurrence": recurrence, **variant.model}
+    if slots is not None:
+        changes["mesh_slots"] = slots
+    if not group.matched_compute:
+        changes.setdefault("n_layer", None)
+    return changes
+
+
+def _check_tokens(spec: RunSpec, raw_train: dict[str, Any], where: str) -> None:
+    tokens = raw_train.get("tokens")
+    per_step = spec.tokens_per_step
+    if tokens is not None and tokens % per_step:
+        lower, upper = tokens // per_step * per_step, (tokens // per_step + 1) * per_step
+        raise BadInput(
+            f"{where}: train.tokens {tokens:,} is not a multiple of the global batch "
+            f"({spec.train.global_batch} x {spec.data.seq_len} = {per_step:,} tokens); use {lower:,} or {upper:,}"
+        )
+
+
+def expand(sweep: SweepSpec, source: str = "sweep") -> list[PlannedRun]:
+    """Every run of the sweep, resolved and validated, in a deterministic order."""
+    planned: list[PlannedRun] = []
+    seen: dict[str, str] = {}
+    for gi, group in enumerate(sweep.groups):
+        cells: list[tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]] = []
+        if group.include_vanilla:
+            cells.append((f"groups[{gi}].vanilla", {"preset": group.vanilla}, {},
+                          {"variant": "vanilla", "family": "vanilla"}))
+        for vi, variant in enumerate(group.variants):
+            grid = itertools.product(_as_list(variant.recurrence), _as_list(variant.mesh_slots))
+            for recurrence, slots in grid:
+                label = variant.label or (recurrence if slots is None else f"{recurrence} B={slots}")
+                labels = {"variant": label, "family": variant.family, "recurrence": recurrence}
+                if slots is not None:
+                    labels["mesh_slots"] = slots
+                cells.append((f"groups[{gi}].variants[{vi}]", _model_changes(group, variant, recurrence, slots),
+                              variant.train, labels))
+        for where, model, variant_train, labels in cells:
+            for seed in sweep.seeds:
+                raw_train = _merge(sweep.train, group.train, variant_train)
+                raw = {"model": model, "data": sweep.data, "train": raw_train, "seed": seed}
+                try:
+                    spec = RunSpec.model_validate(raw).resolved()
+                except ValidationError as exc:
+                    raise BadInput(f"{source}: {where}: {validation_message(exc)}") from None
+                except BadInput as exc:
+                    raise BadInput(f"{source}: {where}: {exc}") from None
+                _check_tokens(spec, raw_train, f"{source}: {where}")
+                rid = run_id(spec.model_dump(mode="json"))
+                if rid in seen:
+                    raise BadInput(f"{source}: {where} duplicates the run of {seen[rid]} (seed {seed}); remove one")
+                seen[rid] = where
+                model_spec = spec.model_spec()
+                planned.append(PlannedRun(
+                    run_id=rid, spec=spec, where=where,
+                    labels={"sweep": sweep.name, "group": group.name, **labels,
+                            "structure": model_spec.structure, "seed": seed},
+                    resources=_merge(sweep.executor.resources, group.resources),
+                ))
+    return planned
+
+
+def sweep_hash(raw: dict[str, Any]) -> str:
+    return digest(raw, 16)
