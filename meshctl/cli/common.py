@@ -73,10 +73,15 @@ def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str
         table.add_column(header, justify="right" if numeric else "left")
     for row in rows:
         table.add_row(*(format_cell(row.get(key)) for key, _ in columns))
-    console = Console()
-    if not console.is_terminal:  # piped or captured: never truncate cells to 80 columns
-        console = Console(width=max(console.width, 240))
-    console.print(table)
+    console().print(table)
+
+
+def console() -> Any:
+    """A rich console; piped or captured output gets a wide one so cells are never cut to 80 columns."""
+    from rich.console import Console
+
+    out = Console()
+    return out if out.is_terminal else Console(width=max(out.width, 240))
 
 
 def format_cell(value: Any) -> str:

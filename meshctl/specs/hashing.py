@@ -1,7 +1,8 @@
 """Content hashes: a run id is derived from the canonical resolved run spec, never chosen by hand.
 
-Excluded from a run's identity: where things live (results/run directories, the executor and its
-resources) — moving a study or switching local -> SLURM must not re-run it. The data directory enters by
+Excluded from a run's identity: where things live and what carries them (results/run directories, the
+executor and its resources, devices, nodes, parallel strategy, data workers) — moving a study, switching
+local -> SLURM or changing the GPU count must not re-run it. The data directory enters by
 its final component only (`data/pile-deduped` and `/scratch/x/pile-deduped` are the same dataset), so two
 studies on different datasets never share run ids.
 """
@@ -38,6 +39,10 @@ def identity(run_spec: dict[str, Any]) -> dict[str, Any]:
                 eval_set["path"] = PurePath(str(eval_set["path"])).name
     for key in ("run_dir", "results_dir", "executor", "resources"):
         ident.pop(key, None)
+    # how many devices and which parallel strategy carry a run is the cluster's shape, not the experiment
+    for section, keys in (("train", ("devices", "num_nodes", "strategy")), ("data", ("num_workers",))):
+        for key in keys:
+            (ident.get(section) or {}).pop(key, None)
     return ident
 
 

@@ -160,6 +160,22 @@ def _check_tokens(spec: RunSpec, raw_train: dict[str, Any], where: str) -> None:
         )
 
 
+def _check_resources(spec: RunSpec, resources: dict[str, Any], where: str) -> None:
+    """Lightning needs one task per device: the scheduler's shape must be the trainer's."""
+    from meshctl.orchestrate.executors import Resources
+
+    try:
+        Resources.model_validate(resources)
+    except ValidationError as exc:
+        raise BadInput(f"{where}: resources.{validation_message(exc)}") from None
+    t = spec.train
+    for key, value, field_name in (("gpus_per_node", t.devices, "devices"), ("tasks_per_node", t.devices, "devices"),
+                                   ("nodes", t.num_nodes, "num_nodes")):
+        if key in resources and resources[key] != value:
+            raise BadInput(f"{where}: resources.{key} is {resources[key]} but train.{field_name} is {value}; "
+                           f"make them equal (Lightning runs one process per device)")
+
+
 def expand(sweep: SweepSpec, source: str = "sweep") -> list[PlannedRun]:
     """Every run of the sweep, resolved and validated, in a deterministic order."""
     planned: list[PlannedRun] = []
@@ -189,6 +205,8 @@ def expand(sweep: SweepSpec, source: str = "sweep") -> list[PlannedRun]:
                 except BadInput as exc:
                     raise BadInput(f"{source}: {where}: {exc}") from None
                 _check_tokens(spec, raw_train, f"{source}: {where}")
+                resources = _merge(sweep.executor.resources, group.resources)
+                _check_resources(spec, resources, f"{source}: {where}")
                 rid = run_id(spec.model_dump(mode="json"))
                 if rid in seen:
                     raise BadInput(f"{source}: {where} duplicates the run of {seen[rid]} (seed {seed}); remove one")
@@ -198,7 +216,7 @@ def expand(sweep: SweepSpec, source: str = "sweep") -> list[PlannedRun]:
                     run_id=rid, spec=spec, where=where,
                     labels={"sweep": sweep.name, "group": group.name, **labels,
                             "structure": model_spec.structure, "seed": seed},
-                    resources=_merge(sweep.executor.resources, group.resources),
+                    resources=resources,
                 ))
     return planned
 

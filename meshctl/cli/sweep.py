@@ -1,0 +1,227 @@
+"""`meshctl sweep`, `meshctl status`, `meshctl cancel`, `meshctl resubmit`: thin commands over orchestrate/."""
+
+from __future__ import annotations
+
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from meshctl.cli.common import Format, FormatOpt, ResultsDir, console, print_json, print_table, user_errors
+
+DEFAULT_RESULTS = Path("results")
+
+
+class ExecutorKind(str, Enum):
+    local = "local"
+    slurm = "slurm"
+
+
+PLAN_COLUMNS = [
+    ("run_id", "run"), ("group", "scale"), ("variant", "variant"), ("structure", "structure"), ("seed", "seed"),
+    ("params_non_embedding", "non-emb"), ("params_unrolled_non_embedding", "unrolled"),
+    ("flops_per_token", "FLOPs/tok (palm)"), ("tokens", "tokens"), ("total_flops", "FLOPs"),
+    ("gpus", "GPUs"), ("gpu_hours", "GPU-h"),
+]
+STATUS_COLUMNS = [
+    ("run_id", "run"), ("group", "scale"), ("variant", "variant"), ("structure", "structure"), ("seed", "seed"),
+    ("state", "state"), ("progress", "step"), ("tokens", "tokens"), ("train_loss", "train"), ("val_loss", "val"),
+    ("tokens_per_s", "tok/s"), ("eta", "ETA"), ("detail", "detail"),
+]
+
+
+def sweep(
+    spec: Annotated[Path, typer.Argument(help="Sweep spec (YAML), e.g. sweeps/pythia_scale.yaml.")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Plan only: runs, parameters, FLOPs, GPU-hours.")] = False,
+    executor: Annotated[ExecutorKind | None, typer.Option(help="Override the spec's executor.")] = None,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Also resubmit failed and cancelled runs.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Resubmit everything not in flight (completed runs' dirs are moved aside).")] = False,
+    wait: Annotated[bool, typer.Option("--wait", help="Block with a live progress display until every run ends.")] = False,
+    gpu: Annotated[str, typer.Option(help="Chip for GPU-hour estimates (h100-sxm, h200-sxm, a100, ...).")] = "h100-sxm",
+    mfu: Annotated[float, typer.Option(help="Assumed model FLOP utilisation for GPU-hour estimates.")] = 0.4,
+    format: FormatOpt = Format.table,
+    results_dir: ResultsDir = DEFAULT_RESULTS,
+) -> None:
+    """Expand a sweep spec into runs and submit the ones not done or in flight (idempotent)."""
+    from meshctl.orchestrate.plan import plan_rows, totals
+    from meshctl.specs.sweep import expand, load_sweep
+
+    with user_errors():
+        parsed, raw = load_sweep(spec)
+        if dry_run:
+            rows = plan_rows(expand(parsed, str(spec)), gpu=gpu, mfu=mfu)
+            summary = {**totals(rows), "gpu": gpu, "mfu": mfu, "flop_formula": "palm"}
+            if format == Format.json:
+                print_json({"sweep": parsed.name, "runs": rows, "totals": summary})
+            else:
+                print_table(rows, PLAN_COLUMNS, title=f"{parsed.name}: plan ({gpu}, MFU {mfu:.0%})")
+                typer.echo(_totals_line(summary))
+            return
+        from meshctl.orchestrate.submit import submit_sweep
+
+        report = submit_sweep(parsed, raw, str(spec), results_dir, executor=executor.value if executor else None,
+                              retry_failed=retry_failed, force=force)
+    if format == Format.json and not wait:
+        print_json({"sweep": parsed.name, "submitted": report.job_ids, "skipped": report.skipped})
+    else:
+        typer.echo(f"{parsed.name}: submitted {len(report.submitted)} run(s), left {len(report.skipped)} alone "
+                   f"({_count_states(report.skipped)}); results in {results_dir}")
+    if wait:
+        _wait(parsed.name, results_dir, format)
+
+
+def status(
+    sweep_name: Annotated[str | None, typer.Argument(metavar="[SWEEP]", help="Sweep name (default: all runs).")] = None,
+    format: FormatOpt = Format.table,
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh every few seconds until interrupted.")] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes with --watch.")] = 5.0,
+    results_dir: ResultsDir = DEFAULT_RESULTS,
+) -> None:
+    """Where every run stands: state, step/total, tokens, losses, tokens/s, ETA; counts per state."""
+    with user_errors():
+        statuses = _observe(sweep_name, results_dir)
+    if format == Format.json:
+        print_json(_status_document(sweep_name, statuses))
+        return
+    if not watch:
+        _print_status(sweep_name, statuses)
+        return
+    from rich.live import Live
+
+    with Live(_status_renderable(sweep_name, statuses), refresh_per_second=1, console=console()) as live:
+        try:
+            while True:
+                time.sleep(interval)
+                live.update(_status_renderable(sweep_name, _observe(sweep_name, results_dir)))
+        except KeyboardInterrupt:
+            pass
+
+
+def cancel(
+    target: Annotated[str, typer.Argument(metavar="SWEEP|RUN", help="A sweep name, or a run id (prefix).")],
+    results_dir: ResultsDir = DEFAULT_RESULTS,
+) -> None:
+    """Cancel the in-flight jobs of a sweep or one run (one scancel / one signal per local job)."""
+    from meshctl.orchestrate.control import cancel_runs
+
+    with user_errors():
+        cancelled = cancel_runs(target, results_dir)
+    typer.echo(f"cancelled {len(cancelled)} run(s)" + (f": {', '.join(cancelled)}" if cancelled else ""))
+
+
+def resubmit(
+    run: Annotated[str, typer.Argument(help="Run id (or a unique prefix).")],
+    executor: Annotated[ExecutorKind | None, typer.Option(help="Executor (default: the run's last one).")] = None,
+    results_dir: ResultsDir = DEFAULT_RESULTS,
+) -> None:
+    """Submit one run again (failed, cancelled or incomplete); it resumes from its checkpoint."""
+    from meshctl.orchestrate.control import resubmit_run
+
+    with user_errors():
+        job_id = resubmit_run(run, results_dir, executor.value if executor else None)
+    typer.echo(f"resubmitted {run} as job {job_id}")
+
+
+def _observe(sweep_name: str | None, results_dir: Path) -> list[Any]:
+    from meshctl.errors import BadInput
+    from meshctl.orchestrate.ledger import Ledger
+    from meshctl.orchestrate.status import observe
+    from meshctl.orchestrate.submit import ledger_path
+
+    path = ledger_path(results_dir)
+    if not path.exists():
+        raise BadInput(f"--results-dir: no ledger at {path}; run `meshctl sweep SPEC` first or point --results-dir "
+                       "(env MESHCTL_RESULTS) at your results")
+    with Ledger(path) as ledger:
+        if sweep_name is not None and ledger.sweep_spec(sweep_name) is None:
+            known = ", ".join(ledger.sweeps()) or "none yet"
+            raise BadInput(f"SWEEP: no sweep named {sweep_name!r} in {path} (known: {known})")
+        return observe(ledger, sweep_name)
+
+
+def _status_document(sweep_name: str | None, statuses: list[Any]) -> dict[str, Any]:
+    from meshctl.orchestrate.status import counts
+
+    return {"sweep": sweep_name, "counts": counts(statuses), "runs": [s.as_dict() for s in statuses]}
+
+
+def _rows(statuses: list[Any]) -> list[dict[str, Any]]:
+    rows = []
+    for s in statuses:
+        row = {**s.labels, **s.as_dict()}
+        row["progress"] = f"{s.step or 0}/{s.total_steps}" if s.total_steps else None
+        row["eta"] = _duration(s.eta_s) if s.eta_s is not None else None
+        rows.append(row)
+    return rows
+
+
+def _status_renderable(sweep_name: str | None, statuses: list[Any]) -> Any:
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    from meshctl.cli.common import format_cell
+    from meshctl.orchestrate.status import counts
+
+    table = Table(title=f"{sweep_name or 'all runs'}", header_style="bold")
+    for _, header in STATUS_COLUMNS:
+        table.add_column(header)
+    for row in _rows(statuses):
+        table.add_row(*(format_cell(row.get(k)) for k, _ in STATUS_COLUMNS))
+    line = "  ".join(f"{k}: {v}" for k, v in counts(statuses).items())
+    return Group(table, Text(line))
+
+
+def _print_status(sweep_name: str | None, statuses: list[Any]) -> None:
+    from meshctl.orchestrate.status import counts
+
+    print_table(_rows(statuses), STATUS_COLUMNS, title=sweep_name or "all runs")
+    typer.echo("  ".join(f"{k}: {v}" for k, v in counts(statuses).items()) or "no runs")
+    for s in statuses:
+        if s.state == "failed" and s.log_tail:
+            typer.echo(f"{s.run_id} ({s.detail}):")
+            for line in s.log_tail:
+                typer.echo(f"    {line}")
+
+
+def _wait(sweep_name: str, results_dir: Path, format: Format) -> None:
+    from rich.live import Live
+
+    from meshctl.orchestrate.status import ACTIVE, TERMINAL
+
+    statuses = _observe(sweep_name, results_dir)
+    with Live(_status_renderable(sweep_name, statuses), refresh_per_second=1, console=console(),
+              transient=format == Format.json) as live:
+        while any(s.state in ACTIVE for s in statuses):
+            time.sleep(3)
+            statuses = _observe(sweep_name, results_dir)
+            live.update(_status_renderable(sweep_name, statuses))
+    if format == Format.json:
+        print_json(_status_document(sweep_name, statuses))
+    if any(s.state not in TERMINAL[:1] for s in statuses):
+        raise typer.Exit(1)
+
+
+def _count_states(states: dict[str, str]) -> str:
+    out: dict[str, int] = {}
+    for state in states.values():
+        out[state] = out.get(state, 0) + 1
+    return ", ".join(f"{v} {k}" for k, v in sorted(out.items())) or "none"
+
+
+def _totals_line(summary: dict[str, Any]) -> str:
+    from meshctl.cli.common import human
+
+    return (f"total: {summary['runs']} runs, {human(summary['tokens'])} tokens, {human(summary['total_flops'])}FLOPs, "
+            f"{summary['gpu_hours']:,.4g} GPU-hours on {summary['gpu']} at MFU {summary['mfu']:.0%}")
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds >= 86400:
+        return f"{seconds // 86400}d{seconds % 86400 // 3600}h"
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"

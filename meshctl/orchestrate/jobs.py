@@ -1,0 +1,65 @@
+"""What a submitted job runs: training of one run, or of a queue of runs (a local lane).
+
+Both are submitit Checkpointables. On a time-limit or preemption signal submitit calls `checkpoint`,
+which returns the same callable: the requeued job starts `run_training` again, and that resumes from the
+run's `last.ckpt` (saved every `ckpt_every` steps — never inside the signal handler, see
+shared/reference/orchestration.md §2). A finished run is skipped because `final.json` exists.
+A run that raises leaves `failure.json` in its run directory (see `markers`) for `status`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from meshctl.orchestrate.markers import write_failure
+
+
+class TrainingJob:
+    """Train one run (a SLURM array task)."""
+
+    def __init__(self, spec_json: str, run_dir: str) -> None:
+        self.spec_json, self.run_dir = spec_json, run_dir
+
+    def __call__(self) -> dict[str, Any]:
+        return train_recording_failure(self.spec_json, Path(self.run_dir))
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(TrainingJob(self.spec_json, self.run_dir))
+
+
+class RunQueue:
+    """Train several runs one after another (a local lane: the local executor's concurrency limit).
+    A failed run does not stop the lane; the lane fails at the end if any run failed."""
+
+    def __init__(self, items: list[tuple[str, str]]) -> None:
+        self.items = items
+
+    def __call__(self) -> dict[str, Any]:
+        results, failed = {}, []
+        for spec_json, run_dir in self.items:
+            try:
+                results[run_dir] = train_recording_failure(spec_json, Path(run_dir))
+            except Exception as exc:  # recorded in the run dir; go on with the next run
+                failed.append(f"{Path(run_dir).name}: {exc.__class__.__name__}")
+        if failed:
+            raise RuntimeError(f"{len(failed)} run(s) failed: {', '.join(failed)}")
+        return results
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(RunQueue(self.items))
+
+
+def train_recording_failure(spec_json: str, run_dir: Path) -> dict[str, Any]:
+    from meshctl.specs.run import RunSpec
+    from meshctl.train.job import run_training
+
+    try:
+        return run_training(RunSpec.model_validate_json(spec_json), run_dir)
+    except Exception as exc:
+        write_failure(run_dir, exc)
+        raise

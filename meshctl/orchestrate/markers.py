@@ -1,0 +1,55 @@
+"""Files the orchestrator leaves in a run directory beside the training's own (spec.json, final.json):
+
+    failure.json    the training raised: class, message, traceback tail, time (read by `status`)
+    cancelled.json  `meshctl cancel` stopped it: time; local jobs leave no scheduler record to say so
+
+A marker counts only if it is newer than the run's latest submission, so a resubmitted run starts clean.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+FAILURE, CANCELLED = "failure.json", "cancelled.json"
+
+
+def write_failure(run_dir: Path, exc: BaseException) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record = {
+        "class": exc.__class__.__name__,
+        "message": str(exc).splitlines()[0] if str(exc) else "",
+        "traceback": "".join(traceback.format_exception(exc)).splitlines()[-12:],
+        "at": time.time(),
+    }
+    (run_dir / FAILURE).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def write_cancelled(run_dir: Path) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / CANCELLED).write_text(json.dumps({"at": time.time()}) + "\n")
+
+
+def read_failure(run_dir: Path) -> dict[str, Any] | None:
+    return _read(run_dir / FAILURE)
+
+
+def read_cancelled(run_dir: Path) -> float | None:
+    record = _read(run_dir / CANCELLED)
+    return float(record["at"]) if record and "at" in record else None
+
+
+def clear(run_dir: Path) -> None:
+    for name in (FAILURE, CANCELLED):
+        (run_dir / name).unlink(missing_ok=True)
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        record = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return record if isinstance(record, dict) else None

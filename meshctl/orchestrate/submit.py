@@ -1,0 +1,152 @@
+"""`meshctl sweep`: register a sweep's runs in the ledger and submit the ones that need it.
+
+Idempotent by construction: runs are content-addressed, so re-running a sweep finds its runs again.
+Completed and in-flight runs are left alone; new and incomplete ones are submitted (an incomplete run
+resumes from its checkpoint); failed and cancelled ones only with `retry_failed`; `force` also re-runs
+completed ones after moving their directory aside (nothing is deleted). Runs are claimed in one ledger
+transaction before submission, so concurrent `meshctl sweep` processes never submit a run twice.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from meshctl.errors import BadInput
+from meshctl.orchestrate.ledger import Ledger, Submission
+from meshctl.orchestrate.status import ACTIVE, observe
+from meshctl.specs.sweep import PlannedRun, SweepSpec, expand, sweep_hash
+
+RESUBMITTABLE = ("new", "incomplete")
+RETRYABLE = ("failed", "cancelled")
+
+
+@dataclass
+class SubmitReport:
+    submitted: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # run id -> state it was left in
+    job_ids: dict[str, str] = field(default_factory=dict)
+
+
+def ledger_path(results_dir: Path) -> Path:
+    return Path(results_dir) / "meshctl.sqlite"
+
+
+def run_dir_of(results_dir: Path, run_id: str) -> Path:
+    return Path(results_dir) / "runs" / run_id
+
+
+def check_data(planned: list[PlannedRun]) -> None:
+    """Refuse before submitting: every data path prepared, tokenizer vocab within every model's."""
+    from meshctl.data.manifest import load_manifest
+
+    checked: dict[str, int] = {}
+    for run in planned:
+        path = run.spec.data.path
+        if path not in checked:
+            try:
+                checked[path] = load_manifest(path).tokenizer.vocab_size
+            except BadInput as exc:
+                raise BadInput(f"data.path: {exc}; prepare it with `meshctl data prepare ... --out {path}`") from None
+        vocab, model_vocab = checked[path], run.spec.model_spec().vocab_size
+        if vocab > model_vocab:
+            raise BadInput(
+                f"{run.where}: tokenizer of {path} has {vocab} tokens but the model's vocab_size is {model_vocab}; "
+                "use a preset with a larger vocabulary or prepare the data with --vocab-size <= that"
+            )
+
+
+def wants_submission(state: str, live_claim: bool, retry_failed: bool, force: bool) -> bool:
+    if live_claim or state in ACTIVE:
+        return False  # never duplicate a run in flight
+    if state in RESUBMITTABLE:
+        return True
+    if state in RETRYABLE:
+        return retry_failed or force
+    return state == "completed" and force
+
+
+def submit_sweep(
+    sweep: SweepSpec, raw: dict[str, Any], source: str, results_dir: Path, *,
+    executor: str | None = None, retry_failed: bool = False, force: bool = False,
+) -> SubmitReport:
+    planned = expand(sweep, source)
+    check_data(planned)
+    kind = executor or sweep.executor.kind
+    results_dir = Path(results_dir).absolute()
+    by_id = {p.run_id: p for p in planned}
+    report = SubmitReport()
+    with Ledger(ledger_path(results_dir)) as ledger:
+        ledger.register_sweep(
+            sweep.name, sweep_hash(raw), raw, source,
+            [(p.run_id, p.spec.model_dump(mode="json"), run_dir_of(results_dir, p.run_id), p.labels) for p in planned],
+        )
+        current = {s.run_id: s for s in observe(ledger, sweep.name)}
+        claimed = ledger.claim(
+            [p.run_id for p in planned],
+            # the ledger's state was just refreshed by observe(); a concurrent sweep's claim or record wins
+            lambda state, live: wants_submission(state, live, retry_failed, force),
+        )
+        report.skipped = {rid: current[rid].state for rid in by_id if rid not in claimed}
+        if not claimed:
+            return report
+        try:
+            for rid in claimed:
+                if current[rid].state == "completed":
+                    _move_aside(Path(current[rid].run_dir))
+            submissions = submit_planned(kind, sweep.name, [by_id[r] for r in claimed], results_dir,
+                                         sweep.executor.max_parallel)
+        except BaseException:
+            ledger.release(claimed)
+            raise
+        ledger.record_submissions(submissions)
+        report.submitted = [s.run_id for s in submissions]
+        report.job_ids = {s.run_id: s.job_id for s in submissions}
+    return report
+
+
+def _move_aside(run_dir: Path) -> None:
+    if run_dir.exists():
+        shutil.move(str(run_dir), str(run_dir.with_name(f"{run_dir.name}.old-{int(time.time())}")))
+
+
+def submit_planned(kind: str, folder_name: str, runs: list[PlannedRun], results_dir: Path,
+                   max_parallel: int) -> list[Submission]:
+    """Submit runs through submitit: local lanes of sequential runs, or SLURM arrays per resource shape."""
+    from meshctl.orchestrate.executors import Resources, make_executor, max_array_size, split_arrays
+    from meshctl.orchestrate.jobs import RunQueue, TrainingJob
+
+    folder = results_dir / "jobs" / folder_name
+    now = time.time()
+    out: list[Submission] = []
+
+    def payload(run: PlannedRun) -> tuple[str, str]:
+        return run.spec.model_dump_json(), str(run_dir_of(results_dir, run.run_id))
+
+    if kind == "local":
+        # submitit's local executor starts every job at once: lanes of sequential runs bound concurrency
+        lanes = [runs[i:: max_parallel] for i in range(min(max_parallel, len(runs)))]
+        for lane in lanes:
+            resources = Resources.model_validate(lane[0].resources)
+            executor = make_executor("local", folder, resources, name=f"meshctl-{folder_name}")
+            job = executor.submit(RunQueue([payload(r) for r in lane]))
+            out += [Submission(r.run_id, "local", str(job.job_id), None, str(folder), now) for r in lane]
+        return out
+
+    groups: dict[str, list[PlannedRun]] = {}
+    for run in runs:  # one array per resource signature (a SLURM array shares one resource request)
+        groups.setdefault(Resources.model_validate(run.resources).model_dump_json(), []).append(run)
+    limit = max_array_size()
+    for signature, members in groups.items():
+        resources = Resources.model_validate_json(signature)
+        if "array_parallelism" not in members[0].resources:
+            resources = resources.model_copy(update={"array_parallelism": max_parallel})
+        executor = make_executor("slurm", folder, resources, name=f"meshctl-{folder_name}")
+        for chunk in split_arrays(members, limit):
+            jobs = executor.submit_array([TrainingJob(*payload(r)) for r in chunk])
+            out += [Submission(r.run_id, "slurm", str(j.job_id), i, str(folder), now)
+                    for i, (r, j) in enumerate(zip(chunk, jobs))]
+    return out
