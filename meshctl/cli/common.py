@@ -76,12 +76,12 @@ def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str
     console().print(table)
 
 
-def console() -> Any:
+def console(stderr: bool = False) -> Any:
     """A rich console; piped or captured output gets a wide one so cells are never cut to 80 columns."""
     from rich.console import Console
 
-    out = Console()
-    return out if out.is_terminal else Console(width=max(out.width, 240))
+    out = Console(stderr=stderr)
+    return out if out.is_terminal else Console(stderr=stderr, width=max(out.width, 240))
 
 
 def format_cell(value: Any) -> str:

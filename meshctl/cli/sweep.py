@@ -65,9 +65,9 @@ def sweep(
                               retry_failed=retry_failed, force=force)
     if format == Format.json and not wait:
         print_json({"sweep": parsed.name, "submitted": report.job_ids, "skipped": report.skipped})
-    else:
+    else:  # with --format json --wait, stdout is kept for the final status document
         typer.echo(f"{parsed.name}: submitted {len(report.submitted)} run(s), left {len(report.skipped)} alone "
-                   f"({_count_states(report.skipped)}); results in {results_dir}")
+                   f"({_count_states(report.skipped)}); results in {results_dir}", err=format == Format.json)
     if wait:
         _wait(parsed.name, results_dir, format)
 
@@ -192,8 +192,8 @@ def _wait(sweep_name: str, results_dir: Path, format: Format) -> None:
     from meshctl.orchestrate.status import ACTIVE, TERMINAL
 
     statuses = _observe(sweep_name, results_dir)
-    with Live(_status_renderable(sweep_name, statuses), refresh_per_second=1, console=console(),
-              transient=format == Format.json) as live:
+    with Live(_status_renderable(sweep_name, statuses), refresh_per_second=1,
+              console=console(stderr=format == Format.json)) as live:
         while any(s.state in ACTIVE for s in statuses):
             time.sleep(3)
             statuses = _observe(sweep_name, results_dir)

@@ -9,6 +9,8 @@ A run that raises leaves `failure.json` in its run directory (see `markers`) for
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +60,30 @@ def train_recording_failure(spec_json: str, run_dir: Path) -> dict[str, Any]:
     from meshctl.specs.run import RunSpec
     from meshctl.train.job import run_training
 
-    try:
-        return run_training(RunSpec.model_validate_json(spec_json), run_dir)
-    except Exception as exc:
-        write_failure(run_dir, exc)
-        raise
+    with exclusive(run_dir) as owned:
+        if not owned:  # a duplicate job (e.g. a submitter killed before it recorded the first one)
+            return {"skipped": f"another job is training {run_dir}"}
+        try:
+            return run_training(RunSpec.model_validate_json(spec_json), run_dir)
+        except Exception as exc:
+            write_failure(run_dir, exc)
+            raise
+
+
+@contextmanager
+def exclusive(run_dir: Path) -> Iterator[bool]:
+    """At most one process trains a run directory, whatever the ledger knows: an flock on `.lock`,
+    released by the kernel when the process dies (no stale locks after a kill or a requeue)."""
+    import fcntl
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -222,7 +222,7 @@ def observe(ledger: Ledger, sweep: str | None = None, record: bool = True) -> li
         scheduler = sched.get(sub.job_id) if sub is not None else None
         statuses.append(derive(row, sub, scheduler, ledger.has_live_claim(row.run_id)))
     if record:
-        ledger.set_states({s.run_id: s.state for s in statuses if s.state != "new"})
+        ledger.set_states({s.run_id: s.state for s in statuses})
     return statuses
 
 

@@ -1,0 +1,105 @@
+"""Sweep specs: expansion, planning and every refusal before anything is submitted."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from meshctl.specs.sweep import expand, load_sweep
+from tests.orchestrate.helpers import meshctl, tiny_sweep, write_spec
+
+SHIPPED = {"pythia_scale": 24, "smoke": 8, "ablation_buffer": 4, "ablation_schemes": 9, "mesh_backbones": 4}
+
+
+@pytest.mark.parametrize("name,runs", sorted(SHIPPED.items()))
+def test_shipped_sweeps_expand(name: str, runs: int) -> None:
+    spec, _ = load_sweep(f"sweeps/{name}.yaml")
+    planned = expand(spec)
+    assert len(planned) == runs
+    assert len({p.run_id for p in planned}) == runs
+    assert [p.run_id for p in planned] == [p.run_id for p in expand(load_sweep(f"sweeps/{name}.yaml")[0])]
+
+
+def test_pythia_scale_is_table1_at_matched_compute() -> None:
+    planned = expand(load_sweep("sweeps/pythia_scale.yaml")[0])
+    cells = {(p.labels["group"], p.labels["structure"], p.labels["variant"]) for p in planned}
+    assert ("1.4b", "4+8R2+4", "anchor_emb") in cells and ("410m", "3+6R3+3", "residual") in cells
+    assert ("160m", "2+4R2+2", "residual") not in cells  # the paper did not run it
+    for p in planned:
+        model, t = p.spec.model_spec(), p.spec.train
+        assert p.spec.data.seq_len == 4096 and t.global_batch == 512 and t.max_steps == 120_818
+        depth = {"160m": 12, "410m": 24, "1b": 16, "1.4b": 24}[p.labels["group"]]
+        assert model.n_unrolled == depth
+    lrs = {p.labels["group"]: p.spec.train.lr for p in planned}
+    assert lrs == {"160m": 6e-4, "410m": 3e-4, "1b": 2.5e-4, "1.4b": 2e-4}
+
+
+def test_dry_run_json_plans_the_paper_sweep_fast() -> None:
+    start = time.perf_counter()
+    out = meshctl("sweep", "sweeps/pythia_scale.yaml", "--dry-run", "--format", "json")
+    elapsed = time.perf_counter() - start
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert len(doc["runs"]) == 24 and doc["totals"]["runs"] == 24
+    mesh = next(r for r in doc["runs"] if r["group"] == "1.4b" and r["variant"] == "mesh")
+    assert mesh["params_non_embedding"] == 805_797_918 and mesh["flop_formula"] == "palm"
+    assert mesh["total_flops"] == pytest.approx(mesh["flops_per_token"] * mesh["tokens"])
+    assert doc["totals"]["gpu_hours"] > 0
+    assert elapsed < 10  # generous for a loaded machine; the benchmark measures the real figure
+
+
+def _refusal(tmp_path, spec, results=None):
+    path = write_spec(tmp_path / "bad.yaml", spec)
+    results = results or tmp_path / "results"
+    out = meshctl("sweep", str(path), results=results)
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+    assert not (results / "meshctl.sqlite").exists(), "nothing may be written for bad input"
+    return out.stderr
+
+
+def bad(spec, path, value):
+    """spec with the value at a dotted/indexed path replaced."""
+    node = spec
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    return spec
+
+
+@pytest.mark.parametrize(
+    "mutate,expected",
+    [
+        (lambda s: bad(s, ["groups", 0, "variants", 0, "recurrance"], "mesh"), "groups[0].variants[0].recurrance: unknown key"),
+        (lambda s: bad(s, ["groups", 0, "vanilla"], "tiny-999"), "unknown preset 'tiny-999'"),
+        (lambda s: bad(s, ["groups", 0, "variants", 0, "recurrence"], ["base", "memory"]), "groups[0].variants[0].recurrence"),
+        (lambda s: bad(s, ["groups", 0, "variants", 0, "structure"], "1+1R3+1"), "unrolls to 5 layers but n_layer is 4"),
+        (lambda s: bad(s, ["groups", 0, "train"], {"lr": 0}), "train.lr"),
+        (lambda s: bad(s, ["train", "tokens"], 700), "not a multiple of the global batch"),
+        (lambda s: bad(s, ["seeds"], [0, 0]), "duplicates the run"),
+        (lambda s: bad(s, ["executor", "resources"], {}), "resources.timeout_min"),
+    ],
+    ids=["unknown-key", "unknown-preset", "unknown-recurrence", "unmatched-depth", "lr", "tokens", "duplicate",
+         "no-timeout"],
+)
+def test_bad_specs_are_refused_naming_the_field(tmp_path, prepared_demo, mutate, expected) -> None:
+    assert expected in _refusal(tmp_path, mutate(tiny_sweep(prepared_demo)))
+
+
+def test_unmatched_compute_is_allowed_when_the_group_says_so(prepared_demo) -> None:
+    spec = tiny_sweep(prepared_demo)
+    spec["groups"][0]["matched_compute"] = False
+    spec["groups"][0]["variants"][0]["structure"] = "1+1R3+1"
+    from meshctl.specs.sweep import parse_sweep
+
+    assert {p.spec.model_spec().n_unrolled for p in expand(parse_sweep(spec))} == {4, 5}
+
+
+def test_missing_data_and_yaml_errors(tmp_path, prepared_demo) -> None:
+    assert "data.path" in _refusal(tmp_path, tiny_sweep(tmp_path / "nowhere"))
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: x\nseeds: [0]\n\tgroups: []\ndata: {}\n")  # a tab on line 3
+    out = meshctl("sweep", str(path), results=tmp_path / "results")
+    assert out.returncode == 2 and "line 3" in out.stderr and out.stderr.count("\n") == 1
