@@ -5,25 +5,46 @@ BIN    := $(VENV)/bin
 # The local CPU wheel; pyproject keeps torch a range so cluster users can bring a CUDA build.
 PIP_INSTALL := $(BIN)/pip install --quiet --disable-pip-version-check -c constraints-cpu.txt
 RESULTS ?= results
+DEMO_DATA ?= data/demo
+# SLURM=auto starts the local single-node SLURM when it can (root on Debian) and runs the SLURM tests;
+# SLURM=1 insists (CI); SLURM=0 skips them.
+SLURM ?= auto
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo bench slurm-up slurm-down clean
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP_INSTALL) torch==2.13.0
-	$(PIP_INSTALL) -e '.[test,demo]'
+	$(PIP_INSTALL) -e '.[test,demo,eval]'
 	touch $@
 
 test: install
-	$(BIN)/pytest
+	@slurm=0; \
+	if [ "$(SLURM)" != 0 ]; then \
+	  if scripts/slurm/start_local_slurm.sh; then slurm=1; \
+	  elif [ "$(SLURM)" = 1 ]; then echo "error: SLURM=1 but the local cluster did not start" >&2; exit 1; \
+	  else echo "note: no local SLURM here; the tests marked slurm are skipped" >&2; fi; \
+	fi; \
+	MESHCTL_SLURM=$$slurm $(BIN)/pytest
 
+# The newcomer path: real English text -> a CPU sweep of tiny models -> the paper's table and plots.
 demo: install
-	$(BIN)/meshctl models
+	@$(BIN)/meshctl data info $(DEMO_DATA) >/dev/null 2>&1 || \
+	  $(BIN)/meshctl data prepare --demo --out $(DEMO_DATA) --val-fraction 0.03
+	$(BIN)/meshctl sweep sweeps/smoke.yaml --wait --results-dir $(RESULTS)
+	$(BIN)/meshctl report smoke --format markdown --plots $(RESULTS)/plots/smoke --results-dir $(RESULTS)
+	@echo "plots: $(RESULTS)/plots/smoke/"
 
 bench: install
 	$(BIN)/python benchmarks/train_throughput.py
+
+slurm-up:
+	scripts/slurm/start_local_slurm.sh
+
+slurm-down:
+	scripts/slurm/stop_local_slurm.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
