@@ -1,0 +1,1 @@
+"""Running jobs: executors (submitit local | slurm), ledger, submission, status, cancel."""
