@@ -161,7 +161,9 @@ def make_executor(
             tasks_per_node=resources.tasks_per_node,
             gpus_per_node=resources.gpus_per_node,
             signal_delay_s=resources.signal_delay_s,
-            setup=[f"exec </dev/null >>{shlex.quote(str(log))} 2>&1"],
+            # ignored signals stay ignored across exec (and Python then installs no KeyboardInterrupt):
+            # Ctrl-C on `meshctl sweep --wait` or a closed terminal must not stop the jobs
+            setup=["trap '' INT HUP", f"exec </dev/null >>{shlex.quote(str(log))} 2>&1"],
         )
         return executor
     if kind == "slurm":
