@@ -7,6 +7,7 @@ import typer
 from meshctl import __version__
 from meshctl.cli import data as data_cmd
 from meshctl.cli import models as models_cmd
+from meshctl.cli import report as report_cmd
 from meshctl.cli import train as train_cmd
 
 app = typer.Typer(
@@ -34,6 +35,7 @@ def root(
 app.command("models")(models_cmd.models)
 app.add_typer(data_cmd.app, name="data")
 app.command("train")(train_cmd.train)
+app.command("report")(report_cmd.report)
 
 
 def main() -> None:

@@ -1,0 +1,279 @@
+"""A sweep as a tidy pandas DataFrame: one row per run, from the ledger and the run directories.
+
+Every run of the sweep has a row, finished or not: its identity (labels from the sweep expansion),
+its state (`meshctl.orchestrate.status.observe`, read-only), what its spec implies (parameter counts,
+FLOPs/token under the "palm" formula, planned tokens) and, once completed, its results (`final.json`
+and `eval/*.json`). Result columns of unfinished runs are empty. Columns:
+
+    identity    sweep group variant family recurrence mesh_slots structure seed run_id cell position
+    state       state step total_steps detail
+    counts      params_{total,embedding,non_embedding,unrolled_non_embedding,recurrence}
+                non_embedding_vs_vanilla_pct flop_formula flops_per_token tokens train_flops
+    results     tokens_trained train_loss eval_set val_loss perplexity val_loss_<set> ppl_<set>
+                tokens_per_s mfu completed_at
+    downstream  acc_<k>shot_<task> (the task's primary metric, acc or acc_norm, as a fraction),
+                acc_<k>shot_avg, acc_<k>shot_tasks; <metric>_<k>shot_<task> for other metrics
+    deltas      delta_val_loss_vs_vanilla delta_perplexity_vs_vanilla delta_acc_<k>shot_avg_vs_vanilla
+                (against the mean of the group's completed vanilla seeds)
+    spec        model.<field> train.<field> data.seq_len data.path run_dir
+
+`cell` names the runs that differ only by seed (a hash of the run identity without the seed): the
+report averages over it. The vanilla reference of `non_embedding_vs_vanilla_pct` is the group's vanilla
+run, or its preset when the sweep does not train it (`include_vanilla: false`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from meshctl.errors import BadInput
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from meshctl.orchestrate.ledger import Ledger
+
+FLOP_FORMULA = "palm"
+ACCURACY_METRICS = ("acc_norm", "acc")  # lm-eval names; the paper averages these (mesh-paper.md §4)
+RECURSIVE_ONLY = ("recurrence", "mesh_slots", "n_prelude", "n_core", "n_loop", "n_coda")
+_FEWSHOT = re.compile(r"^acc_(\d+)shot_avg$")
+
+
+# Text columns whose values can look like numbers (a vanilla structure "24", precision "32", a run id of
+# digits): `read_csv` keeps them text. Everything else reads back with plain `pandas.read_csv`.
+TEXT_COLUMNS = (
+    "sweep", "group", "variant", "family", "recurrence", "structure", "run_id", "cell", "state", "detail",
+    "flop_formula", "eval_set", "completed_at", "model.family", "model.recurrence", "train.precision",
+    "train.strategy", "train.betas", "data.path", "run_dir",
+)
+
+
+def read_csv(path: str | Path) -> "pd.DataFrame":
+    """A report CSV back as the frame `collect` built."""
+    import pandas as pd
+
+    header = pd.read_csv(path, nrows=0).columns
+    return pd.read_csv(path, dtype={c: "str" for c in TEXT_COLUMNS if c in header})
+
+
+def resolve_sweep(results_dir: str | Path, sweep: str | None) -> str:
+    """The sweep to report: the one named, or the most recently updated; BadInput names the fix."""
+    from meshctl.orchestrate.ledger import Ledger
+    from meshctl.orchestrate.submit import ledger_path
+
+    path = ledger_path(results_dir)
+    if not path.exists():
+        raise BadInput(f"--results-dir: no ledger at {path}; run `meshctl sweep SPEC` first or point --results-dir "
+                       "(env MESHCTL_RESULTS) at your results")
+    with Ledger(path) as ledger:
+        known = ledger.sweeps()
+    if sweep is None:
+        if not known:
+            raise BadInput(f"--results-dir: the ledger at {path} has no sweeps; run `meshctl sweep SPEC` first")
+        return known[0]
+    if sweep not in known:
+        raise BadInput(f"SWEEP: no sweep named {sweep!r} in {path} (known: {', '.join(known) or 'none yet'})")
+    return sweep
+
+
+def read_evals(run_dir: str | Path) -> dict[str, float]:
+    """`eval/*.json` (meshctl.analysis.evaluation's schema) as flat columns; evaluations at a test-time
+    depth other than the trained one are left out. Unreadable files are skipped."""
+    out: dict[str, float] = {}
+    for path in sorted((Path(run_dir) / "eval").glob("*.json")):
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if not isinstance(doc, dict) or not isinstance(doc.get("metrics"), dict) or not doc.get("task"):
+            continue
+        if doc.get("n_loop") is not None and doc.get("n_loop") != doc.get("trained_n_loop", doc.get("n_loop")):
+            continue
+        metrics = doc["metrics"]
+        metric = doc.get("primary_metric") or next((m for m in ACCURACY_METRICS if m in metrics), None)
+        value = doc.get("primary", metrics.get(metric)) if metric else None
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue
+        shot = int(doc.get("num_fewshot") or 0)
+        prefix = "acc" if metric in ACCURACY_METRICS else metric
+        out[f"{prefix}_{shot}shot_{doc['task']}"] = float(value)
+    for shot in sorted({int(k.split("_")[1].removesuffix("shot")) for k in out if k.startswith("acc_")}):
+        accs = [v for k, v in out.items() if k.startswith(f"acc_{shot}shot_")]
+        out[f"acc_{shot}shot_avg"] = sum(accs) / len(accs)
+        out[f"acc_{shot}shot_tasks"] = len(accs)
+    return out
+
+
+def fewshots(columns: Any) -> list[int]:
+    """The few-shot settings with downstream averages among `columns`, e.g. [0, 5]."""
+    return sorted(int(m.group(1)) for c in columns if (m := _FEWSHOT.match(str(c))))
+
+
+def _model_fields(model: Any) -> dict[str, Any]:
+    """The resolved ModelSpec's fields, with those that do not apply to its family blanked (a vanilla
+    spec carries the default recurrence 'base'; it means nothing there)."""
+    fields = model.model_dump(mode="json")
+    if model.family == "vanilla":
+        for key in RECURSIVE_ONLY:
+            fields[key] = None
+    return fields
+
+
+def _flat(section: str, values: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, (list, dict)):
+            value = json.dumps(value)
+        out[f"{section}.{key}"] = value
+    return out
+
+
+def _cell_id(spec: dict[str, Any]) -> str:
+    from meshctl.specs.hashing import digest, identity
+
+    ident = identity(spec)
+    ident.pop("seed", None)
+    return digest(ident, 12)
+
+
+def _reference_non_embedding(ledger: "Ledger", sweep: str, rows: list[Any]) -> dict[str, int]:
+    """Group -> non-embedding parameters of its vanilla reference (its run, else its preset)."""
+    from meshctl.models import count_params, resolve
+    from meshctl.models.spec import ModelSpec
+
+    refs: dict[str, int] = {}
+    for row in rows:
+        if row.labels.get("family") == "vanilla" and row.labels.get("group") not in refs:
+            refs[row.labels["group"]] = count_params(ModelSpec.model_validate(row.spec["model"])).non_embedding
+    raw = ledger.sweep_spec(sweep) or {}
+    for group in raw.get("groups") or []:
+        name, preset = group.get("name"), group.get("vanilla")
+        if name not in refs and preset:
+            try:
+                refs[name] = count_params(resolve(preset)).non_embedding
+            except Exception:
+                continue  # a preset renamed since the sweep was submitted: no reference
+    return refs
+
+
+def run_record(row: Any, status: Any, reference: int | None) -> dict[str, Any]:
+    """One run as a flat record (see the module docstring for the columns)."""
+    from meshctl.models import count_params, flops_per_token
+    from meshctl.models.spec import ModelSpec
+    from meshctl.train.rundir import read_final
+
+    spec = row.spec
+    model = ModelSpec.model_validate(spec["model"])
+    counts = count_params(model)
+    seq_len = spec["data"].get("seq_len")
+    steps = spec["train"].get("max_steps")
+    tokens = steps * spec["train"]["global_batch"] * seq_len if steps and seq_len else None
+    fpt = flops_per_token(model, seq_len, FLOP_FORMULA)
+    labels = row.labels
+    rec: dict[str, Any] = {
+        "sweep": labels.get("sweep"), "group": labels.get("group"), "variant": labels.get("variant"),
+        "family": labels.get("family", model.family), "recurrence": labels.get("recurrence"),
+        "mesh_slots": labels.get("mesh_slots", model.mesh_slots), "structure": labels.get("structure", model.structure),
+        "seed": labels.get("seed", spec.get("seed")), "run_id": row.run_id, "cell": _cell_id(spec),
+        "position": row.position,
+        "state": status.state, "step": status.step, "total_steps": status.total_steps or steps,
+        "detail": status.detail,
+        "params_total": counts.total, "params_embedding": counts.embedding,
+        "params_non_embedding": counts.non_embedding,
+        "params_unrolled_non_embedding": counts.unrolled_non_embedding, "params_recurrence": counts.recurrence,
+        "non_embedding_vs_vanilla_pct": 100.0 * (counts.non_embedding / reference - 1.0) if reference else None,
+        "flop_formula": FLOP_FORMULA, "flops_per_token": fpt, "tokens": tokens,
+        "train_flops": fpt * tokens if tokens else None,
+    }
+    eval_sets = list(spec["data"].get("eval_sets") or {})
+    final = (read_final(row.run_dir) if status.state == "completed" else None) or {}
+    rec.update({
+        "tokens_trained": final.get("tokens", status.tokens), "train_loss": final.get("train_loss"),
+        "eval_set": final.get("eval_set") or ("validation" if "validation" in eval_sets else next(iter(eval_sets), None)),
+        "val_loss": final.get("val_loss"), "perplexity": final.get("perplexity"),
+    })
+    val = final.get("val") or {}
+    for name in dict.fromkeys([*eval_sets, *val]):  # the columns exist before any run finishes
+        rec[f"val_loss_{name}"] = (val.get(name) or {}).get("loss")
+        rec[f"ppl_{name}"] = (val.get(name) or {}).get("perplexity")
+    rec.update({"tokens_per_s": final.get("tokens_per_s"), "mfu": final.get("mfu"),
+                "completed_at": final.get("completed_at")})
+    if final:
+        rec.update(read_evals(row.run_dir))
+    rec.update(_flat("model", _model_fields(model)))
+    rec.update(_flat("train", spec.get("train", {})))
+    rec["data.seq_len"], rec["data.path"] = seq_len, spec["data"].get("path")
+    rec["run_dir"] = str(row.run_dir)
+    return rec
+
+
+def add_deltas(df: "pd.DataFrame") -> "pd.DataFrame":
+    """Differences against the mean of each group's completed vanilla runs."""
+    import pandas as pd
+
+    targets = ["val_loss", "perplexity", *(f"acc_{k}shot_avg" for k in fewshots(df.columns))]
+    vanilla = df[(df["family"] == "vanilla") & (df["state"] == "completed")]
+    new = {}
+    for col in targets:
+        if col not in df:
+            continue
+        ref = vanilla.groupby("group")[col].mean()
+        new[f"delta_{col}_vs_vanilla"] = df[col] - df["group"].map(ref)
+    return pd.concat([df, pd.DataFrame(new, index=df.index)], axis=1) if new else df
+
+
+def _order(columns: list[str]) -> list[str]:
+    """Identity and results first, evaluations and deltas next, spec fields last."""
+    spec = [c for c in columns if c.startswith(("model.", "train.", "data."))]
+    tail = [c for c in ("run_dir",) if c in columns]
+    rest = [c for c in columns if c not in spec and c not in tail]
+    return rest + spec + tail
+
+
+def normalize(df: "pd.DataFrame") -> "pd.DataFrame":
+    """Dtypes a CSV/JSON round trip gives back: missing values NaN, all-missing columns float,
+    integer columns with gaps float, text as strings."""
+    import pandas as pd
+
+    out = {}
+    for col in df.columns:
+        series = df[col]
+        if series.isna().all():
+            out[col] = series.astype("float64")
+            continue
+        values = series.dropna()
+        if values.map(lambda v: isinstance(v, bool)).all():
+            out[col] = series.astype("boolean") if series.isna().any() else series.astype(bool)
+        elif values.map(lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)).all():
+            numeric = pd.to_numeric(series)
+            out[col] = numeric.astype("float64") if series.isna().any() else numeric
+        else:
+            out[col] = series.map(lambda v: None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v))
+    return pd.DataFrame(out, index=df.index)
+
+
+def collect(results_dir: str | Path, sweep: str | None = None) -> "pd.DataFrame":
+    """The tidy frame of a sweep (default: the most recently updated one); `df.attrs["sweep"]` names it."""
+    import pandas as pd
+
+    from meshctl.orchestrate.ledger import Ledger
+    from meshctl.orchestrate.status import observe
+    from meshctl.orchestrate.submit import ledger_path
+
+    name = resolve_sweep(results_dir, sweep)
+    with Ledger(ledger_path(results_dir)) as ledger:
+        rows = ledger.runs(name)
+        statuses = {s.run_id: s for s in observe(ledger, name, record=False)}
+        refs = _reference_non_embedding(ledger, name, rows)
+    records = [run_record(r, statuses[r.run_id], refs.get(r.labels.get("group"))) for r in rows]
+    df = pd.DataFrame.from_records(records)
+    if df.empty:
+        return df
+    df = add_deltas(normalize(df))
+    df = df[_order(list(df.columns))]
+    df.attrs["sweep"] = name
+    return df
