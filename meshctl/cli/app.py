@@ -6,7 +6,9 @@ import typer
 
 from meshctl import __version__
 from meshctl.cli import data as data_cmd
+from meshctl.cli import eval as eval_cmd
 from meshctl.cli import models as models_cmd
+from meshctl.cli import probe as probe_cmd
 from meshctl.cli import report as report_cmd
 from meshctl.cli import train as train_cmd
 
@@ -34,6 +36,9 @@ def root(
 
 app.command("models")(models_cmd.models)
 app.add_typer(data_cmd.app, name="data")
+app.command("eval")(eval_cmd.eval_)
+app.command("sample")(eval_cmd.sample)
+app.command("probe")(probe_cmd.probe)
 app.command("train")(train_cmd.train)
 app.command("report")(report_cmd.report)
 

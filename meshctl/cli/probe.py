@@ -1,0 +1,49 @@
+"""`meshctl probe RUN`: the MeSH paper's hidden-state probes (update magnitude, CKA, spectra) -> <run>/probe/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from meshctl.cli.common import Format, FormatOpt, ResultsDir, print_json, print_table, user_errors
+from meshctl.cli.eval import DeviceOpt, LoopsOpt, RunArg, pick_device
+
+
+def probe(
+    run: RunArg,
+    samples: Annotated[int, typer.Option("--samples", min=1, help="Held-out windows probed (paper: 500).")] = 500,
+    loops: LoopsOpt = None,
+    seq_len: Annotated[int | None, typer.Option("--seq-len", min=2, help="Tokens per window; default: the run's.")] = None,
+    split: Annotated[str, typer.Option("--split", help="Split of the run's prepared data.")] = "validation",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Windows per forward pass.")] = 8,
+    no_plots: Annotated[bool, typer.Option("--no-plots", help="Write probe.json only.")] = False,
+    device: DeviceOpt = "auto",
+    results_dir: ResultsDir = Path("results"),
+    format: FormatOpt = Format.table,
+) -> None:
+    """Relative update magnitude per stage, RBF-CKA between stage states, singular-value spectra."""
+    with user_errors():
+        from meshctl.analysis.loading import resolve_run
+        from meshctl.analysis.probe import probe_run
+
+        run_dir = resolve_run(run, results_dir)
+        doc = probe_run(run_dir, samples=samples, n_loop=loops, seq_len=seq_len, split=split, batch_size=batch_size,
+                        device=pick_device(device), plots=not no_plots)
+    if format == Format.json:
+        print_json(doc)
+        return
+    title = f"probe {doc['run_id']}: {doc['structure']} {doc['recurrence'] or ''}, {doc['data']['samples']} samples"
+    um = doc["update_magnitude"]
+    stage_rows = [{"stage": s, "update": um[s]["mean"], "std": um[s]["std"]} for s in doc["stages"]]
+    print_table(stage_rows, [("stage", "stage"), ("update", "update magnitude"), ("std", "std")], title=title)
+    states, cka = doc["states"], doc["cka"]["mean"]
+    state_rows = []
+    for i, state in enumerate(states):
+        spectrum = doc["spectrum"][state]["mean"]
+        state_rows.append({"state": state, "cka_prev": cka[i][i - 1] if i else None, "cka_emb": cka[i][0],
+                           "sigma10": spectrum[10] if len(spectrum) > 10 else None})
+    print_table(state_rows, [("state", "state"), ("cka_prev", "CKA vs previous"), ("cka_emb", "CKA vs h_emb"),
+                             ("sigma10", "sigma_10 / sigma_0")])
+    typer.echo(f"probe.json and figures in {run_dir / 'probe'}")
