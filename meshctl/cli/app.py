@@ -10,6 +10,7 @@ from meshctl.cli import eval as eval_cmd
 from meshctl.cli import models as models_cmd
 from meshctl.cli import probe as probe_cmd
 from meshctl.cli import report as report_cmd
+from meshctl.cli import sweep as sweep_cmd
 from meshctl.cli import train as train_cmd
 
 app = typer.Typer(
@@ -39,6 +40,8 @@ app.add_typer(data_cmd.app, name="data")
 app.command("eval")(eval_cmd.eval_)
 app.command("sample")(eval_cmd.sample)
 app.command("probe")(probe_cmd.probe)
+for _name in ("sweep", "status", "cancel", "resubmit"):
+    app.command(_name)(getattr(sweep_cmd, _name))
 app.command("train")(train_cmd.train)
 app.command("report")(report_cmd.report)
 
