@@ -32,7 +32,7 @@ PAPER_VARIANTS: dict[str, list[tuple[str, tuple[str, ...]]]] = {
     ],
     "pythia-1b": [("3+5R2+3", ("base", "residual", "anchor_emb", "anchor", "mesh"))],
     "pythia-1.4b": [("4+8R2+4", ("base", "residual", "anchor_emb", "anchor", "mesh"))],
-    "tiny-64": [("1+1R2+1", ("base", "mesh"))],
+    "tiny-64": [("1+1R2+1", ("base", "anchor", "mesh"))],
     "tiny-128": [("1+1R2+1", ("base", "residual", "anchor", "mesh"))],
     "tiny-256": [("1+2R2+1", ("base", "residual", "anchor", "mesh"))],
 }
