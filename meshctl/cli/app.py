@@ -35,15 +35,18 @@ def root(
     """meshctl command line."""
 
 
-app.command("models")(models_cmd.models)
+# In the order a study uses them: data -> train one run -> sweep -> status -> report -> eval/probe.
 app.add_typer(data_cmd.app, name="data")
-app.command("eval")(eval_cmd.eval_)
-app.command("sample")(eval_cmd.sample)
-app.command("probe")(probe_cmd.probe)
-for _name in ("sweep", "status", "cancel", "resubmit"):
-    app.command(_name)(getattr(sweep_cmd, _name))
 app.command("train")(train_cmd.train)
+app.command("sweep")(sweep_cmd.sweep)
+app.command("status")(sweep_cmd.status)
 app.command("report")(report_cmd.report)
+app.command("eval")(eval_cmd.eval_)
+app.command("probe")(probe_cmd.probe)
+app.command("sample")(eval_cmd.sample)
+app.command("cancel")(sweep_cmd.cancel)
+app.command("resubmit")(sweep_cmd.resubmit)
+app.command("models")(models_cmd.models)
 
 
 def main() -> None:
