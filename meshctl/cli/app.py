@@ -50,4 +50,21 @@ app.command("models")(models_cmd.models)
 
 
 def main() -> None:
-    app()
+    """Usage errors (unknown option, bad choice, missing argument) as one line on stderr, exit 2."""
+    import sys
+
+    try:
+        code = app(standalone_mode=False)
+    except typer.TyperException as exc:  # Typer's click: UsageError, BadParameter, NoArgsIsHelpError, ...
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `meshctl`: the help, as click would print it
+            sys.stdout.write(message + "\n")
+            sys.exit(0)
+        ctx = getattr(exc, "ctx", None)
+        where = f"{ctx.command_path}: " if ctx is not None else ""
+        sys.stderr.write(f"error: {where}{message.splitlines()[0] if message else type(exc).__name__}\n")
+        code = getattr(exc, "exit_code", 2)
+    except typer.Abort:
+        sys.stderr.write("error: aborted\n")
+        code = 130
+    sys.exit(code if isinstance(code, int) else 0)

@@ -47,3 +47,11 @@ def test_help_does_not_import_torch() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == ""
+
+
+def test_usage_errors_are_one_line_with_exit_2() -> None:
+    for args, needle in ((["models", "--format", "xml"], "--format"), (["sweep"], "Missing argument"),
+                         (["frobnicate"], "No such command")):
+        out = run(*args)
+        assert out.returncode == 2, (args, out.stderr)
+        assert out.stderr.startswith("error: ") and out.stderr.count("\n") == 1 and needle in out.stderr
