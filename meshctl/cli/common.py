@@ -64,7 +64,6 @@ def print_json(document: Any) -> None:
 
 def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]], title: str | None = None) -> None:
     """rows of dicts, columns as (key, header); numbers right-aligned."""
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=title, header_style="bold")

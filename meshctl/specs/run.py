@@ -253,27 +253,6 @@ def parse_run_spec(data: Any, source: str | None = None) -> RunSpec:
 
 def load_run_spec(path: str | Path) -> RunSpec:
     """Read a RunSpec from a YAML or JSON file; syntax errors name the line, field errors the field path."""
-    import yaml
+    from meshctl.specs.files import read_spec_file
 
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise BadInput(f"{path}: no such run spec file") from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
-        raise BadInput(f"{path}: cannot read run spec ({exc.__class__.__name__})") from None
-    if path.suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise BadInput(f"{path} line {exc.lineno}: invalid JSON ({exc.msg})") from None
-    else:
-        try:
-            data = yaml.safe_load(text)
-        except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark or exc.context_mark
-            line = f" line {mark.line + 1}" if mark is not None else ""
-            raise BadInput(f"{path}{line}: invalid YAML ({exc.problem or exc.context})") from None
-        except yaml.YAMLError as exc:
-            raise BadInput(f"{path}: invalid YAML ({exc})") from None
-    return parse_run_spec(data, str(path))
+    return parse_run_spec(read_spec_file(path, "run spec"), str(path))

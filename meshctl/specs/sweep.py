@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from meshctl.errors import BadInput
-from meshctl.models.spec import Family, Recurrence
+from meshctl.models.spec import Recurrence
 from meshctl.specs.hashing import digest, run_id
 from meshctl.specs.run import RunSpec, validation_message
 
@@ -116,19 +116,9 @@ def parse_sweep(data: Any, source: str = "sweep") -> SweepSpec:
 
 def load_sweep(path: str | Path) -> tuple[SweepSpec, dict[str, Any]]:
     """The validated spec and the raw mapping (hashed for provenance)."""
-    import yaml
+    from meshctl.specs.files import read_spec_file
 
-    path = Path(path)
-    if not path.is_file():
-        raise BadInput(f"{path}: no such sweep spec; see sweeps/ for examples")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = f" line {mark.line + 1}" if mark is not None else ""
-        raise BadInput(f"{path}{line}: invalid YAML ({exc.problem or exc.context}); fix the syntax there") from None
-    except yaml.YAMLError as exc:
-        raise BadInput(f"{path}: invalid YAML ({exc})") from None
+    data = read_spec_file(path, "sweep spec")
     return parse_sweep(data, str(path)), data
 
 
