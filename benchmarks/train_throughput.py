@@ -122,7 +122,7 @@ def main() -> None:
     for r in rows:
         table.add_row(r["model"], f"{r['params_unique'] / 1e6:.1f}M", f"{r['seq_len']} x {r['batch']}",
                       f"{r['step_s']:.3f}", f"{r['tokens_per_s']:,.0f}", f"{r['gflops_per_s']:.1f}")
-    Console().print(table)
+    Console(width=120).print(table)
     print(f"wrote {args.out}")
 
 

@@ -36,6 +36,10 @@ def train(
         final = run_training(resolved, run_dir)
     except MeshctlError as exc:
         fail(str(exc), exc.exit_code)
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    if rank_zero_only.rank != 0:  # DDP launches this command once per device; one of them reports
+        return
     if format == Format.json:
         print_json({"run_dir": str(run_dir), "final": final})
         return

@@ -143,6 +143,8 @@ def _fit(spec: RunSpec, rd: RunDir, log: logging.Logger, progress: bool) -> dict
         default_root_dir=rd.logs,
         callbacks=callbacks,
     )
+    if not trainer.is_global_zero:
+        log.setLevel(logging.WARNING)  # one rank tells the story
     module = LMModule(spec)
     datamodule = LMDataModule(spec)
     ckpt = rd.last_ckpt if rd.last_ckpt.exists() else None
