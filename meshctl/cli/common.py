@@ -97,7 +97,7 @@ def format_cell(value: Any) -> str:
 
 def human(value: float) -> str:
     """1_208_602_624 -> '1.209B': short enough for a table; JSON keeps the exact number."""
-    for unit, scale in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+    for unit, scale in (("Z", 1e21), ("E", 1e18), ("P", 1e15), ("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if abs(value) >= scale:
             return f"{value / scale:.4g}{unit}"
     return f"{value:g}"

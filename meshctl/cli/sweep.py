@@ -234,8 +234,10 @@ def _count_states(states: dict[str, str]) -> str:
 def _totals_line(summary: dict[str, Any]) -> str:
     from meshctl.cli.common import human
 
+    hours = summary["gpu_hours"]
+    hours_text = f"{hours:,.0f}" if hours >= 10 else f"{hours:.3g}"
     return (f"total: {summary['runs']} runs, {human(summary['tokens'])} tokens, {human(summary['total_flops'])}FLOPs, "
-            f"{summary['gpu_hours']:,.4g} GPU-hours on {summary['gpu']} at MFU {summary['mfu']:.0%}")
+            f"{hours_text} GPU-hours on {summary['gpu']} at MFU {summary['mfu']:.0%}")
 
 
 def _duration(seconds: float) -> str:
