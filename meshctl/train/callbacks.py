@@ -16,7 +16,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, RichProgressBar
 
 from meshctl.models import flops_per_token
 from meshctl.specs.run import RunSpec
@@ -160,3 +160,18 @@ class LastCheckpoint(_StepBoundary):
         trainer.strategy.barrier("meshctl.last_ckpt")
         self.saved_step = trainer.global_step
         self.textlog.info("checkpoint step=%d path=%s", trainer.global_step, final)
+
+
+class StepProgressBar(RichProgressBar):
+    """Rich progress over the whole run's micro-batches, drawn on stderr (stdout stays for --format json).
+    Lightning's default bar counts epochs, which mean nothing here (one epoch spans the run)."""
+
+    def __init__(self) -> None:
+        super().__init__(console_kwargs={"stderr": True})
+
+    @property
+    def total_train_batches(self) -> int | float:
+        return self.trainer.max_steps * self.trainer.accumulate_grad_batches
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        return "training"

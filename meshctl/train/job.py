@@ -112,16 +112,14 @@ def _fit(spec: RunSpec, rd: RunDir, log: logging.Logger, progress: bool) -> dict
     import lightning as L
     from lightning.pytorch.plugins.environments import SLURMEnvironment
 
-    from meshctl.train.callbacks import LastCheckpoint, MetricsWriter
+    from meshctl.train.callbacks import LastCheckpoint, MetricsWriter, StepProgressBar
     from meshctl.train.datamodule import LMDataModule
     from meshctl.train.module import LMModule
 
     t = spec.train
     callbacks: list[Any] = [MetricsWriter(spec, rd, log), LastCheckpoint(spec, rd, log)]
     if progress:
-        from lightning.pytorch.callbacks import RichProgressBar
-
-        callbacks.append(RichProgressBar(console_kwargs={"stderr": True}))
+        callbacks.append(StepProgressBar())
     trainer = L.Trainer(
         accelerator="auto",
         devices=t.devices,
@@ -136,7 +134,7 @@ def _fit(spec: RunSpec, rd: RunDir, log: logging.Logger, progress: bool) -> dict
         logger=False,
         enable_checkpointing=False,  # LastCheckpoint writes atomically
         enable_progress_bar=progress,
-        enable_model_summary=progress,
+        enable_model_summary=False,  # its FLOPs line reads 0 here; final.json has counts and FLOPs
         use_distributed_sampler=False,  # StepSampler shards by rank itself
         deterministic=t.deterministic,
         plugins=[SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None,
