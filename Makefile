@@ -35,7 +35,6 @@ demo: install
 	  $(BIN)/meshctl data prepare --demo --out $(DEMO_DATA) --val-fraction 0.03
 	$(BIN)/meshctl sweep sweeps/smoke.yaml --wait --results-dir $(RESULTS)
 	$(BIN)/meshctl report smoke --format markdown --plots $(RESULTS)/plots/smoke --results-dir $(RESULTS)
-	@echo "plots: $(RESULTS)/plots/smoke/"
 
 bench: install
 	$(BIN)/python benchmarks/train_throughput.py
