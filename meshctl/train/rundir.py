@@ -68,16 +68,19 @@ class RunDir:
 
     def check_spec(self, spec: Any) -> bool:
         """True if the directory already holds this (resolved) spec, False if it holds none; BadInput if it
-        holds a different one. Writes nothing."""
+        holds a different one. Writes nothing. Specs are compared by run identity
+        (`meshctl.specs.hashing.identity`: where the data directory lives does not count, its name does),
+        so a study moved to another machine resumes in place; spec.json keeps what it was written with."""
         if not self.spec_path.exists():
             return False
+        from meshctl.specs.hashing import identity
         from meshctl.specs.run import RunSpec
 
         try:
-            held = RunSpec.model_validate_json(self.spec_path.read_text()).canonical_json()
+            held = RunSpec.model_validate_json(self.spec_path.read_text()).model_dump(mode="json")
         except Exception:
             raise BadInput(f"{self.spec_path}: unreadable spec.json; use another --run-dir") from None
-        if held != spec.canonical_json():
+        if identity(held) != identity(spec.model_dump(mode="json")):
             raise BadInput(
                 f"{self.path} holds a different run spec ({SPEC} differs); use another --run-dir or remove that directory"
             )

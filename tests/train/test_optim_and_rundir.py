@@ -120,3 +120,23 @@ def test_peak_flops_table():
     assert PEAK_FLOPS["h100-sxm"]["bf16"] == pytest.approx(989.4e12)
     assert all(v["bf16"] == pytest.approx(2 * v["tf32"], rel=1e-3) and v["fp32"] < v["tf32"] for v in PEAK_FLOPS.values())
     assert peak_flops(torch.device("cpu"), "bf16-mixed") is None
+
+
+def test_run_dir_refuses_another_spec_but_not_moved_data(tmp_path):
+    from meshctl.errors import BadInput
+
+    def spec(path: str, lr: float = 1e-3):
+        return parse_run_spec({"model": "tiny-64", "data": {"path": path, "seq_len": 32},
+                               "train": {"max_steps": 3, "global_batch": 4, "lr": lr}}).resolved()
+
+    rd = RunDir(tmp_path / "run")
+    assert rd.check_spec(spec("/a/demo")) is False and not rd.path.exists()
+    rd.claim(spec("/a/demo"))
+    written = rd.spec_path.read_text()
+    assert rd.check_spec(spec("/scratch/b/demo"))  # the same dataset, moved: the same run
+    with pytest.raises(BadInput, match="different run spec"):
+        rd.check_spec(spec("/a/demo", lr=2e-3))
+    with pytest.raises(BadInput, match="different run spec"):
+        rd.check_spec(spec("/a/other-data"))
+    rd.claim(spec("/scratch/b/demo"))
+    assert rd.spec_path.read_text() == written
