@@ -35,5 +35,6 @@ def chip_of(device_name: str) -> str | None:
 
 
 def precision_kind(precision: str) -> str:
-    """The PEAK_FLOPS column a run's precision uses (fp32 matmuls run as TF32 on these GPUs by default)."""
-    return "bf16" if precision == "bf16-mixed" else "tf32"
+    """The PEAK_FLOPS column a run's precision uses. Training leaves torch's fp32 matmul precision at
+    "highest", so fp32 runs are planned at true fp32 peaks, as their MFU is measured."""
+    return "bf16" if precision == "bf16-mixed" else "fp32"
