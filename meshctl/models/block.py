@@ -16,28 +16,76 @@ from meshctl.models.spec import ModelSpec
 
 
 class RotaryCache(nn.Module):
-    """cos/sin tables for the rotary dims, computed once per forward and shared by every layer and loop."""
+    """cos/sin tables for the rotary dims, shared by every layer and loop, cached per (seq, device, dtype).
+
+    Tables are (seq, 1, 1, rotary_dims), laid out to broadcast over (batch, seq, heads, 2, rotary_dims) (q
+    and k together), and `sin` carries rotate_half's sign: x * cos + swap_halves(x) * sin is the rotation.
+    """
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
         self.dims = spec.rotary_dims
         inv_freq = 1.0 / (spec.rotary_base ** (torch.arange(0, self.dims, 2, dtype=torch.float32) / self.dims))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self._tables: dict[tuple[int, torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def forward(self, seq_len: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        t = torch.arange(seq_len, device=device, dtype=torch.float32)
-        freqs = torch.outer(t, self.inv_freq.to(device))  # (seq, dims/2)
-        emb = torch.cat((freqs, freqs), dim=-1)  # (seq, dims)
-        return emb.cos().to(dtype), emb.sin().to(dtype)
+        key = (seq_len, torch.device(device), dtype)
+        if key not in self._tables:
+            # plain tensors even if first asked for under inference_mode, so that training can save them
+            with torch.inference_mode(False), torch.no_grad():
+                t = torch.arange(seq_len, device=device, dtype=torch.float32)
+                freqs = torch.outer(t, self.inv_freq.to(device))[:, None, None, :]  # (seq, 1, 1, dims/2)
+                cos, sin = freqs.cos(), freqs.sin()
+                self._tables[key] = (torch.cat((cos, cos), -1).to(dtype), torch.cat((-sin, sin), -1).to(dtype))
+        return self._tables[key]
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate the first `cos.shape[-1]` dims of x (batch, heads, seq, head_size); pass the rest through."""
-    dims = cos.shape[-1]
-    rot, rest = x[..., :dims], x[..., dims:]
-    half = dims // 2
-    rotated = torch.cat((-rot[..., half:], rot[..., :half]), dim=-1)
-    return torch.cat((rot * cos + rotated * sin, rest), dim=-1)
+class Rotary(torch.autograd.Function):
+    """Rotary embedding of q and k inside the fused projection output (batch, seq, heads, 3 * head_size).
+
+    Why a Function: autograd through rotate_half (slices, a negation, a `cat`) and the `cat` with the
+    pass-through dims runs about a dozen small kernels per tensor each way, zero-filled slice gradients
+    included, and keeps the projection output alive next to new q and k tensors for backward. Here
+    forward is one copy of qkv and three kernels on the rotated dims of q and k together, backward the
+    inverse rotation with the same count, and SDPA reads q, k, v as views of the one rotated copy. On
+    CPU this is time-neutral (a layer is GEMM-bound) and takes ~8% off a training step's peak memory at
+    d256 / seq 256 (benchmarks/speed.py); on a GPU in eager mode it saves kernel launches.
+    """
+
+    @staticmethod
+    def forward(ctx, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        cos, sin = cos.to(qkv.dtype), sin.to(qkv.dtype)
+        ctx.save_for_backward(cos, sin)
+        out = qkv.clone(memory_format=torch.contiguous_format)
+        dims = cos.shape[-1]
+        _rotated(out, dims).mul_(cos).addcmul_(_swap_halves(_rotated(qkv, dims)), sin)  # x cos + rotate_half(x) sin
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        cos, sin = ctx.saved_tensors
+        out = grad.clone(memory_format=torch.contiguous_format)
+        dims = cos.shape[-1]
+        _rotated(out, dims).mul_(cos).addcmul_(_swap_halves(_rotated(grad, dims)), sin, value=-1.0)  # transposed
+        return out, None, None
+
+
+def _rotated(qkv: torch.Tensor, dims: int) -> torch.Tensor:
+    """The view of the first `dims` dims of q and k: (batch, seq, heads, 2, dims)."""
+    head_size = qkv.shape[-1] // 3
+    return qkv[..., : 2 * head_size].unflatten(-1, (2, head_size))[..., :dims]
+
+
+def _swap_halves(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rotary(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the first `cos.shape[-1]` dims of each head's q and k in qkv (batch, seq, heads, 3 * head_size)
+    (GPT-NeoX's non-interleaved halves); the other dims of q and k, and v, pass through."""
+    return Rotary.apply(qkv, cos, sin) if cos.shape[-1] else qkv
 
 
 class Attention(nn.Module):
@@ -49,10 +97,8 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         b, t, d = x.shape
-        qkv = self.query_key_value(x).view(b, t, self.n_head, 3 * self.head_size).transpose(1, 2)
-        q, k, v = qkv.split(self.head_size, dim=-1)  # (batch, heads, seq, head_size) each
-        if cos.shape[-1]:
-            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        qkv = apply_rotary(self.query_key_value(x).view(b, t, self.n_head, 3 * self.head_size), cos, sin)
+        q, k, v = qkv.transpose(1, 2).split(self.head_size, dim=-1)  # (batch, heads, seq, head_size) views
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (batch, heads, seq, head_size)
         return self.dense(y.transpose(1, 2).reshape(b, t, d))
 

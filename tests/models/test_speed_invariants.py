@@ -1,0 +1,69 @@
+"""Invariants of the model code's speed-ups (no timings here: those are benchmarks/speed.py's)."""
+
+from __future__ import annotations
+
+import torch
+
+from meshctl.models import ModelSpec, build
+from meshctl.models.block import RotaryCache, Rotary, apply_rotary
+
+SPECS = [
+    ModelSpec(n_layer=1, n_embd=128, n_head=2, vocab_size=300),  # Pythia-like: 16 of 64 head dims rotated
+    ModelSpec(n_layer=1, n_embd=96, n_head=4, vocab_size=300, rotary_pct=0.5),  # 12 of 24
+]
+
+
+def reference_rotary(x: torch.Tensor, seq: int, spec: ModelSpec) -> torch.Tensor:
+    """GPT-NeoX / transformers' rotate_half form on one of q or k: (batch, heads, seq, head_size).
+    Tables in float32 as theirs, then cast to x's dtype."""
+    dims = spec.rotary_dims
+    inv_freq = 1.0 / (spec.rotary_base ** (torch.arange(0, dims, 2, dtype=torch.float32) / dims))
+    freqs = torch.outer(torch.arange(seq, dtype=torch.float32), inv_freq)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    rot, rest = x[..., :dims], x[..., dims:]
+    rotated = torch.cat((-rot[..., dims // 2 :], rot[..., : dims // 2]), dim=-1)
+    return torch.cat((rot * emb.cos().to(x.dtype) + rotated * emb.sin().to(x.dtype), rest), dim=-1)
+
+
+def test_rotary_cache_returns_the_same_tables_per_key() -> None:
+    cache = RotaryCache(SPECS[0])
+    cos, sin = cache(32, torch.device("cpu"), torch.float32)
+    again = cache(32, "cpu", torch.float32)
+    assert again[0] is cos and again[1] is sin
+    fresh_cos, fresh_sin = RotaryCache(SPECS[0])(32, "cpu", torch.float32)
+    assert torch.equal(cos, fresh_cos) and torch.equal(sin, fresh_sin)
+    assert cache(16, "cpu", torch.float32)[0].shape[0] == 16
+    assert cache(32, "cpu", torch.float64)[0].dtype == torch.float64
+
+
+def test_tables_first_made_under_inference_mode_serve_training() -> None:
+    model = build(ModelSpec(n_layer=1, n_embd=64, n_head=2, vocab_size=300), seed=0)
+    ids = torch.randint(0, 300, (2, 8))
+    with torch.inference_mode():
+        model(ids)
+    model(ids).sum().backward()  # the cached tables must not be inference tensors
+    assert model.layers[0].attention.query_key_value.weight.grad is not None
+
+
+def test_rotary_matches_rotate_half_forward_and_backward() -> None:
+    for spec in SPECS:
+        b, t, h, hs = 2, 7, spec.n_head, spec.head_size
+        qkv = torch.randn(b, t, h, 3 * hs, dtype=torch.float64, requires_grad=True)
+        cos, sin = RotaryCache(spec)(t, "cpu", torch.float64)
+        q, k, v = apply_rotary(qkv, cos, sin).transpose(1, 2).split(hs, dim=-1)
+        rq, rk, rv = qkv.transpose(1, 2).split(hs, dim=-1)
+        expected = (reference_rotary(rq, t, spec), reference_rotary(rk, t, spec), rv)
+        for ours, theirs in zip((q, k, v), expected):
+            torch.testing.assert_close(ours, theirs)
+        grads = [torch.randn_like(x) for x in expected]
+        ours_grad = torch.autograd.grad((q, k, v), qkv, grads)[0]
+        theirs_grad = torch.autograd.grad(expected, qkv, grads)[0]
+        torch.testing.assert_close(ours_grad, theirs_grad)
+        assert torch.autograd.gradcheck(lambda x: Rotary.apply(x, cos, sin), (qkv,))
+
+
+def test_no_rotary_dims_passes_qkv_through() -> None:
+    spec = ModelSpec(n_layer=1, n_embd=64, n_head=2, vocab_size=300, rotary_pct=0.0)
+    qkv = torch.randn(1, 3, 2, 96)
+    cos, sin = RotaryCache(spec)(3, "cpu", torch.float32)
+    assert apply_rotary(qkv, cos, sin) is qkv
