@@ -78,10 +78,9 @@ def _attend(block: Block, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
     """`Block.forward` on new tokens, attending to the cached keys and values of this layer application."""
     attn = block.attention
     b, t, d = x.shape
-    qkv = attn.query_key_value(block.input_layernorm(x)).view(b, t, attn.n_head, 3 * attn.head_size).transpose(1, 2)
-    q, k, v = qkv.split(attn.head_size, dim=-1)  # (batch, heads, t, head_size) each
-    if cos.shape[-1]:
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+    qkv = attn.query_key_value(block.input_layernorm(x)).view(b, t, attn.n_head, 3 * attn.head_size)
+    qkv = apply_rotary(qkv, cos, sin)  # as Attention.forward does: q and k rotated inside the fused output
+    q, k, v = qkv.transpose(1, 2).split(attn.head_size, dim=-1)  # (batch, heads, t, head_size) each
     k, v = cache.update(key, k, v)  # (batch, heads, length + t, head_size)
     causal = mask is None and t > 1
     y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)  # (batch, heads, t, head_size)
@@ -116,13 +115,13 @@ def unrolled_forward(model: nn.Module, input_ids: torch.Tensor, n_loop: int | No
 
     h_emb = model.embed(input_ids)  # (batch, t, n_embd)
     note("h_emb", h_emb)
-    cos, sin = model.rotary(start + t, h_emb.device, h_emb.dtype)  # (start + t, rotary_dims)
+    cos, sin = model.rotary(start + t, h_emb.device, h_emb.dtype)  # (start + t, 1, 1, rotary_dims)
     if cache is None:
         cos, sin = cos[start:], sin[start:]
         mask = None
     else:
         pos = cache.positions[:, start : start + t].to(h_emb.device)  # (batch, t)
-        cos, sin = cos[pos].unsqueeze(1), sin[pos].unsqueeze(1)  # (batch, 1, t, rotary_dims)
+        cos, sin = cos[pos], sin[pos]  # (batch, t, 1, 1, rotary_dims): each row at its own positions
         mask = cache.attention_mask(t, h_emb.device)
 
     def run(stack: nn.ModuleList, stage: str, loop: int, h: torch.Tensor, per_layer: bool = False) -> torch.Tensor:
