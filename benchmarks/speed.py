@@ -295,7 +295,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     for shape in shapes:
         measure_peaks()
-        reps = args.reps or (8 if shape.spec.n_embd < 512 or gpu else 6)
+        reps = args.reps or 10
         spec = shape.spec
         batch = batch_for(spec, shape, device)
 
@@ -433,7 +433,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
-    parser.add_argument("--reps", type=int, default=0, help="timed pairs per comparison (default: by shape)")
+    parser.add_argument("--reps", type=int, default=0, help="timed pairs per comparison (default 10)")
     parser.add_argument("--quick", action="store_true", help="CPU: the tiny shape only")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "speed.json")
     args = parser.parse_args()

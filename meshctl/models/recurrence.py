@@ -91,17 +91,19 @@ class Mesh(StatePassing):
 
     def _route(self, i: int, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         i = min(i, len(self.write_routers) - 1)
-        w_write = F.softmax(self.write_routers[i](query), dim=-1, dtype=torch.float32).to(query.dtype)
-        w_read = F.softmax(self.read_routers[i](query), dim=-1, dtype=torch.float32).to(query.dtype)
-        return w_write, w_read  # (batch, seq, B) each
+        write, read = self.write_routers[i], self.read_routers[i]
+        # Both routers in one matmul: the (batch, seq, D) query is read once, and backward makes one
+        # input-gradient matmul instead of two plus their sum. Softmax per router over the B slots.
+        logits = F.linear(query, torch.cat((write.weight, read.weight)), torch.cat((write.bias, read.bias)))
+        weights = F.softmax(logits.unflatten(-1, (2, self.slots)), dim=-1, dtype=torch.float32).to(query.dtype)
+        return weights[..., 0, :], weights[..., 1, :]  # (batch, seq, B) each
 
     @staticmethod
     def _read(history: list[tuple[torch.Tensor, torch.Tensor | None]], w_read: torch.Tensor) -> torch.Tensor:
-        out = None
-        for value, w_write in history:
-            # the initial embedding sits in slot 0 with weight one
-            coef = w_read[..., :1] if w_write is None else (w_read * w_write).sum(-1, keepdim=True)
-            out = coef * value if out is None else out + coef * value
+        out = history[0][0] * w_read[..., :1]  # the initial embedding sits in slot 0 with weight one
+        for value, w_write in history[1:]:
+            # one fused multiply-add per value read (not a multiply, then an add)
+            out = torch.addcmul(out, value, (w_read * w_write).sum(-1, keepdim=True))
         return out  # (batch, seq, D)
 
     def begin(self, h_emb: torch.Tensor, h_pre: torch.Tensor) -> tuple[torch.Tensor, dict]:
