@@ -16,7 +16,8 @@ from meshctl.models.spec import ModelSpec
 
 
 class RotaryCache(nn.Module):
-    """cos/sin tables for the rotary dims, shared by every layer and loop, cached per (seq, device, dtype).
+    """cos/sin tables for the rotary dims, shared by every layer and loop, cached per (device, dtype) at the
+    longest length asked for so far; shorter lengths get views of its first rows.
 
     Tables are (seq, 1, 1, rotary_dims), laid out to broadcast over (batch, seq, heads, 2, rotary_dims) (q
     and k together), and `sin` carries rotate_half's sign: x * cos + swap_halves(x) * sin is the rotation.
@@ -27,18 +28,19 @@ class RotaryCache(nn.Module):
         self.dims = spec.rotary_dims
         inv_freq = 1.0 / (spec.rotary_base ** (torch.arange(0, self.dims, 2, dtype=torch.float32) / self.dims))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
-        self._tables: dict[tuple[int, torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._tables: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def forward(self, seq_len: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        key = (seq_len, torch.device(device), dtype)
-        if key not in self._tables:
+        key = (torch.device(device), dtype)
+        if key not in self._tables or self._tables[key][0].shape[0] < seq_len:
             # plain tensors even if first asked for under inference_mode, so that training can save them
             with torch.inference_mode(False), torch.no_grad():
                 t = torch.arange(seq_len, device=device, dtype=torch.float32)
                 freqs = torch.outer(t, self.inv_freq.to(device))[:, None, None, :]  # (seq, 1, 1, dims/2)
                 cos, sin = freqs.cos(), freqs.sin()
                 self._tables[key] = (torch.cat((cos, cos), -1).to(dtype), torch.cat((-sin, sin), -1).to(dtype))
-        return self._tables[key]
+        cos, sin = self._tables[key]
+        return cos[:seq_len], sin[:seq_len]
 
 
 class Rotary(torch.autograd.Function):

@@ -25,14 +25,17 @@ def reference_rotary(x: torch.Tensor, seq: int, spec: ModelSpec) -> torch.Tensor
     return torch.cat((rot * emb.cos().to(x.dtype) + rotated * emb.sin().to(x.dtype), rest), dim=-1)
 
 
-def test_rotary_cache_returns_the_same_tables_per_key() -> None:
+def test_rotary_cache_serves_equal_tables_from_one_store() -> None:
     cache = RotaryCache(SPECS[0])
     cos, sin = cache(32, torch.device("cpu"), torch.float32)
-    again = cache(32, "cpu", torch.float32)
-    assert again[0] is cos and again[1] is sin
-    fresh_cos, fresh_sin = RotaryCache(SPECS[0])(32, "cpu", torch.float32)
-    assert torch.equal(cos, fresh_cos) and torch.equal(sin, fresh_sin)
-    assert cache(16, "cpu", torch.float32)[0].shape[0] == 16
+    again_cos, again_sin = cache(32, "cpu", torch.float32)
+    assert again_cos.data_ptr() == cos.data_ptr() and torch.equal(again_cos, cos) and torch.equal(again_sin, sin)
+    for seq in (16, 32, 48):  # shorter: a view of the stored rows; longer: computed once and stored
+        fresh_cos, fresh_sin = RotaryCache(SPECS[0])(seq, "cpu", torch.float32)
+        got_cos, got_sin = cache(seq, "cpu", torch.float32)
+        assert got_cos.shape == (seq, 1, 1, SPECS[0].rotary_dims)
+        assert torch.equal(got_cos, fresh_cos) and torch.equal(got_sin, fresh_sin)
+    assert len(cache._tables) == 1 and cache._tables[(torch.device("cpu"), torch.float32)][0].shape[0] == 48
     assert cache(32, "cpu", torch.float64)[0].dtype == torch.float64
 
 
