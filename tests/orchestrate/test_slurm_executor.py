@@ -117,18 +117,19 @@ def test_max_array_size_is_the_clusters() -> None:
 
 @pytest.mark.slow
 def test_checkpointable_job_is_requeued_at_its_time_limit_and_finishes(tmp_path: Path) -> None:
-    """A 1-minute limit with the signal 5 s before it: SLURM signals about 25 s into each attempt
-    (it sends --signal up to 30 s early), submitit requeues, and the second attempt finishes the
-    40 steps. About 60 s; the local cluster lets a requeued job start again after 10 s, not 120."""
+    """A 1-minute limit with the signal 5 s before it: SLURM signals 25-55 s into the attempt (its
+    time-limit check runs periodically and may send --signal up to 30 s early), submitit requeues, and
+    the next attempt finishes the 80 steps, which no single attempt can hold. About 100 s; the local
+    cluster lets a requeued job start again after 10 s, not 120."""
     progress = tmp_path / "progress.txt"
     executor = make_executor("slurm", tmp_path / "jobs", Resources(timeout_min=1, signal_delay_s=5))
-    job = executor.submit(CountSteps(), str(progress), 40)
-    end = time.time() + 240
+    job = executor.submit(CountSteps(), str(progress), 80)
+    end = time.time() + 300
     while not job.done() and time.time() < end:
         time.sleep(2)
     result = job.result()
     lines = [line.split() for line in progress.read_text().splitlines()]
-    assert [int(step) for step, _ in lines] == list(range(40))  # no step lost or done twice
+    assert [int(step) for step, _ in lines] == list(range(80))  # no step lost or done twice
     assert result["attempt"] >= 1 and {attempt for _, attempt in lines} >= {"0", str(result["attempt"])}
     record = query_jobs([job.job_id])[job.job_id]
     assert record.state == "COMPLETED" and record.attempts == result["attempt"] + 1
