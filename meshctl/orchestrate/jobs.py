@@ -32,18 +32,37 @@ class TrainingJob:
         return submitit.helpers.DelayedSubmission(TrainingJob(self.spec_json, self.run_dir))
 
 
-class RunQueue:
-    """Train several runs one after another (a local lane: the local executor's concurrency limit).
-    A failed run does not stop the lane; the lane fails at the end if any run failed."""
+class EvalJob:
+    """Evaluate one trained run (`meshctl eval`); on SLURM a dependent array task after its training."""
 
-    def __init__(self, items: list[tuple[str, str]]) -> None:
-        self.items = items
+    def __init__(self, run_dir: str, plan: dict[str, Any]) -> None:
+        self.run_dir, self.plan = run_dir, plan
+
+    def __call__(self) -> list[dict[str, Any]]:
+        from meshctl.analysis.evaluation import evaluate_run
+
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        return evaluate_run(self.run_dir, self.plan["tasks"], num_fewshot=self.plan["num_fewshot"],
+                            limit=self.plan.get("limit"), device=device)
+
+
+class RunQueue:
+    """Train several runs one after another (a local lane: the local executor's concurrency limit), each
+    evaluated right after it trains when a plan is given. A failed run does not stop the lane; the lane
+    fails at the end if any run (or evaluation) failed."""
+
+    def __init__(self, items: list[tuple[str, str]], evaluation: dict[str, Any] | None = None) -> None:
+        self.items, self.evaluation = items, evaluation
 
     def __call__(self) -> dict[str, Any]:
         results, failed = {}, []
         for spec_json, run_dir in self.items:
             try:
                 results[run_dir] = train_recording_failure(spec_json, Path(run_dir))
+                if self.evaluation is not None:
+                    EvalJob(run_dir, self.evaluation)()
             except Exception as exc:  # recorded in the run dir; go on with the next run
                 failed.append(f"{Path(run_dir).name}: {exc.__class__.__name__}")
         if failed:
@@ -53,7 +72,7 @@ class RunQueue:
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         import submitit
 
-        return submitit.helpers.DelayedSubmission(RunQueue(self.items))
+        return submitit.helpers.DelayedSubmission(RunQueue(self.items, self.evaluation))
 
 
 def train_recording_failure(spec_json: str, run_dir: Path) -> dict[str, Any]:

@@ -98,7 +98,8 @@ def submit_sweep(
                 if current[rid].state == "completed":
                     _move_aside(Path(current[rid].run_dir))
             submissions = submit_planned(kind, sweep.name, [by_id[r] for r in claimed], results_dir,
-                                         sweep.executor.max_parallel)
+                                         sweep.executor.max_parallel,
+                                         sweep.eval.model_dump() if sweep.eval is not None else None)
         except BaseException:
             ledger.release(claimed)
             raise
@@ -114,8 +115,9 @@ def _move_aside(run_dir: Path) -> None:
 
 
 def submit_planned(kind: str, folder_name: str, runs: list[PlannedRun], results_dir: Path,
-                   max_parallel: int) -> list[Submission]:
-    """Submit runs through submitit: local lanes of sequential runs, or SLURM arrays per resource shape."""
+                   max_parallel: int, evaluation: dict[str, Any] | None = None) -> list[Submission]:
+    """Submit runs through submitit: local lanes of sequential runs, or SLURM arrays per resource shape
+    (with a dependent evaluation array when an evaluation plan is given)."""
     from meshctl.orchestrate.executors import Resources, make_executor, max_array_size, split_arrays
     from meshctl.orchestrate.jobs import RunQueue, TrainingJob
 
@@ -132,7 +134,7 @@ def submit_planned(kind: str, folder_name: str, runs: list[PlannedRun], results_
         for lane in lanes:
             resources = Resources.model_validate(lane[0].resources)
             executor = make_executor("local", folder, resources, name=f"meshctl-{folder_name}")
-            job = executor.submit(RunQueue([payload(r) for r in lane]))
+            job = executor.submit(RunQueue([payload(r) for r in lane], evaluation))
             out += [Submission(r.run_id, "local", str(job.job_id), None, str(folder), now) for r in lane]
         return out
 
@@ -149,4 +151,22 @@ def submit_planned(kind: str, folder_name: str, runs: list[PlannedRun], results_
             jobs = executor.submit_array([TrainingJob(*payload(r)) for r in chunk])
             out += [Submission(r.run_id, "slurm", str(j.job_id), i, str(folder), now)
                     for i, (r, j) in enumerate(zip(chunk, jobs))]
+            if evaluation is not None:
+                _submit_evaluations(folder, folder_name, resources, jobs, chunk, results_dir, evaluation)
     return out
+
+
+def _submit_evaluations(folder: Path, folder_name: str, resources: Any, jobs: list[Any], chunk: list[PlannedRun],
+                        results_dir: Path, evaluation: dict[str, Any]) -> None:
+    """An array of evaluations, task i starting once training task i succeeded (aftercorr); one GPU
+    each. They are not ledger runs: their results land in the run directories (`eval/*.json`)."""
+    from meshctl.orchestrate.executors import make_executor
+    from meshctl.orchestrate.jobs import EvalJob
+
+    array_id = str(jobs[0].job_id).split("_")[0]
+    eval_resources = resources.model_copy(update={
+        "nodes": 1, "gpus_per_node": min(1, resources.gpus_per_node), "tasks_per_node": 1,
+        "extra": {**resources.extra, "dependency": f"aftercorr:{array_id}", "kill_on_invalid_dep": "yes"},
+    })
+    executor = make_executor("slurm", folder, eval_resources, name=f"meshctl-eval-{folder_name}")
+    executor.submit_array([EvalJob(str(run_dir_of(results_dir, r.run_id)), evaluation) for r in chunk])

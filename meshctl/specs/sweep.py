@@ -68,6 +68,17 @@ class ExecutorSpec(BaseModel):
     resources: dict[str, Any] = Field(default_factory=dict, description="default resources of every run")
 
 
+class EvalPlan(BaseModel):
+    """Downstream evaluation of every run once it has trained: in its local lane right after training,
+    or on SLURM as a dependent job array (each task starts when its training task succeeded)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tasks: list[str] = Field(["offline"], min_length=1, description="lm-eval tasks or aliases: paper, offline")
+    num_fewshot: int = Field(0, ge=0, description="few-shot examples")
+    limit: float | None = Field(None, gt=0, description="documents per task (>= 1) or a fraction (< 1)")
+
+
 class SweepSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -78,6 +89,7 @@ class SweepSpec(BaseModel):
     seeds: list[int] = Field([1234], min_length=1, description="one run per seed per model")
     groups: list[Group] = Field(..., min_length=1, description="scale groups")
     executor: ExecutorSpec = Field(default_factory=ExecutorSpec, description="where runs execute")
+    eval: EvalPlan | None = Field(None, description="evaluate each run after it trains (meshctl eval)")
 
 
 @dataclass

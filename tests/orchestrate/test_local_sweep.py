@@ -120,3 +120,16 @@ def test_failed_run_reports_its_class_and_retries_only_when_asked(tmp_path, prep
     out = meshctl("sweep", str(path), "--retry-failed", "--wait", results=results)
     assert out.returncode == 0, out.stderr
     assert status_doc(results)["counts"] == {"completed": 1}
+
+
+def test_runs_are_evaluated_after_training_when_the_spec_asks(tmp_path, prepared_demo) -> None:
+    spec = tiny_sweep(prepared_demo, groups=[{"name": "t64", "vanilla": "tiny-64", "train": {"lr": 3e-3}}],
+                      eval={"tasks": ["offline"], "limit": 8})
+    path = write_spec(tmp_path / "mini.yaml", spec)
+    results = tmp_path / "results"
+    assert meshctl("sweep", str(path), "--wait", results=results).returncode == 0
+    run_dir = next((results / "runs").iterdir())
+    wait_for(lambda: (run_dir / "eval" / "meshctl_bpb.json").exists(), timeout=300)
+    for task in ("meshctl_cloze", "meshctl_cloze_mc", "meshctl_bpb"):
+        doc = json.loads((run_dir / "eval" / f"{task}.json").read_text())
+        assert doc["task"] == task and doc["limit"] == 8 and doc["primary"] is not None

@@ -98,3 +98,19 @@ def test_run_hitting_its_time_limit_is_requeued_and_resumes(tmp_path, prepared_d
     assert logged == list(range(10, steps + 1, 10)) + ([steps] if steps % 10 else [])
     log = (results / "runs" / run["run_id"] / "logs" / "train.log").read_text()
     assert "resuming from" in log
+
+
+def test_evaluations_run_as_dependent_jobs_after_training(tmp_path, prepared_demo) -> None:
+    spec = slurm_sweep(prepared_demo, "slurm_eval")
+    spec["groups"][0]["variants"] = [{"structure": "1+1R2+1", "recurrence": "mesh"}]
+    spec["eval"] = {"tasks": ["offline"], "limit": 8}
+    path = write_spec(tmp_path / "s.yaml", spec)
+    results = tmp_path / "results"
+    out = meshctl("sweep", str(path), "--wait", "--format", "json", results=results, timeout=900)
+    assert out.returncode == 0, out.stderr
+    runs = json.loads(out.stdout)["runs"]
+    for run in runs:
+        result = results / "runs" / run["run_id"] / "eval" / "meshctl_bpb.json"
+        wait_for(result.exists, timeout=300)
+        doc = json.loads(result.read_text())
+        assert doc["checkpoint_step"] == run["total_steps"]  # evaluated the trained model, not a partial one
