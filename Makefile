@@ -38,6 +38,8 @@ demo: install
 
 bench: install
 	$(BIN)/python benchmarks/train_throughput.py
+	$(BIN)/python benchmarks/speed.py
+	$(BIN)/python benchmarks/orchestration.py
 
 slurm-up:
 	scripts/slurm/start_local_slurm.sh
