@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from machine import cpu_model  # benchmarks/machine.py
 from meshctl.orchestrate.ledger import Ledger, Submission
 from meshctl.orchestrate.plan import plan_rows
 from meshctl.orchestrate.status import observe
@@ -74,7 +75,7 @@ def main() -> None:
     plan = bench_plan(1250)
     status = bench_status(1000)
     result = {"plan": plan, "status": status, "machine": {"python": sys.version.split()[0],
-              "platform": platform.platform(), "processor": platform.processor()}}
+              "platform": platform.platform(), "cpu": cpu_model()}}
     print(f"{'benchmark':<34}{'runs':>8}{'seconds':>10}")
     print(f"{'expand + plan a sweep':<34}{plan['runs']:>8}{plan['total_s']:>10.2f}")
     print(f"{'status (ledger + run dirs + pids)':<34}{status['runs']:>8}{status['status_s']:>10.2f}")

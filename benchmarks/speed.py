@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from meshctl.models import ModelSpec, build, export_hf, flops_per_token, resolve
+from machine import cpu_model  # benchmarks/machine.py
 
 TINY = ModelSpec(n_layer=6, n_embd=256, n_head=4, vocab_size=8192, block_size=1024)  # = preset tiny-256
 
@@ -367,16 +368,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     add_mfu(rows, peaks)
     return {"ratios": ratios, "throughput": rows, "memory": memory,
             "matmul_peak_tflops": {k: v / 1e12 for k, v in peaks.items()}, "bf16_measured": bf16_ok}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine(device: str) -> dict[str, Any]:

@@ -24,6 +24,7 @@ import torch
 from meshctl.models import count_params, flops_per_token, resolve
 from meshctl.specs.run import parse_run_spec
 from meshctl.train.module import LMModule
+from machine import cpu_model  # benchmarks/machine.py
 
 # (preset, seq_len, micro-batch, timed steps): tiny at the CPU demo's shape, 160m short and small.
 CASES = [
@@ -34,16 +35,6 @@ CASES = [
     ("pythia-160m-2+4R2+2-base", 128, 2, 4),
     ("pythia-160m-2+4R2+2-mesh", 128, 2, 4),
 ]
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def bench(preset: str, seq_len: int, batch: int, steps: int, warmup: int = 1) -> dict[str, object]:
