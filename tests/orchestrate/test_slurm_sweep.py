@@ -36,7 +36,8 @@ def test_sweep_on_slurm_completes_and_status_shows_it(tmp_path, prepared_demo) -
     job_ids = [r["job_id"] for r in doc["runs"]]
     assert all(r["executor"] == "slurm" for r in doc["runs"])
     assert len({j.split("_")[0] for j in job_ids}) == 1, "one array for one resource shape"
-    assert {rec.state for rec in query_jobs(job_ids).values()} == {"COMPLETED"}
+    # final.json is written before the job itself exits: accounting follows within seconds
+    wait_for(lambda: {rec.state for rec in query_jobs(job_ids).values()} == {"COMPLETED"}, timeout=120)
     again = json.loads(meshctl("sweep", str(path), "--format", "json", results=results).stdout)
     assert again["submitted"] == {}
 
