@@ -53,8 +53,8 @@ def eval_(
 
         require_lm_eval()
         names = expand_tasks(tasks)
+        run_dirs = resolve_runs(target, results_dir)  # bad input (exit 2) before the hub's reachability
         check_hub(names)
-        run_dirs = resolve_runs(target, results_dir)
         if not run_dirs:
             raise ValueError(f"sweep {target!r} has no runs; submit it with `meshctl sweep`")
         n_limit = int(limit) if limit is not None and limit >= 1 else limit
