@@ -44,8 +44,10 @@ class EvalJob:
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
+        # bootstrap_iters=0: lm-eval bootstraps stderrs in a multiprocessing pool, which hung inside a
+        # SLURM task here (a forked child of a threaded process); `meshctl eval` gives stderrs on demand
         return evaluate_run(self.run_dir, self.plan["tasks"], num_fewshot=self.plan["num_fewshot"],
-                            limit=self.plan.get("limit"), device=device)
+                            limit=self.plan.get("limit"), device=device, bootstrap_iters=0)
 
 
 class RunQueue:
