@@ -55,6 +55,11 @@ class RunRow:
     state: str
     labels: dict
     position: int
+    claimed_at: float | None = None
+
+    @property
+    def live_claim(self) -> bool:
+        return _live(self.claimed_at)
 
 
 @dataclass(frozen=True)
@@ -129,14 +134,15 @@ class Ledger:
     def runs(self, sweep: str | None = None) -> list[RunRow]:
         if sweep is None:
             rows = self._db.execute(
-                "SELECT r.run_id, r.spec_json, r.run_dir, r.state, '{}', r.created FROM runs r ORDER BY r.created"
+                "SELECT r.run_id, r.spec_json, r.run_dir, r.state, '{}', r.created, r.claimed_at FROM runs r "
+                "ORDER BY r.created"
             ).fetchall()
         else:
             rows = self._db.execute(
-                "SELECT r.run_id, r.spec_json, r.run_dir, r.state, s.labels_json, s.position FROM runs r "
+                "SELECT r.run_id, r.spec_json, r.run_dir, r.state, s.labels_json, s.position, r.claimed_at FROM runs r "
                 "JOIN sweep_runs s ON s.run_id = r.run_id WHERE s.sweep = ? ORDER BY s.position", (sweep,)
             ).fetchall()
-        return [RunRow(r[0], json.loads(r[1]), Path(r[2]), r[3], json.loads(r[4]), int(r[5])) for r in rows]
+        return [RunRow(r[0], json.loads(r[1]), Path(r[2]), r[3], json.loads(r[4]), int(r[5]), r[6]) for r in rows]
 
     def run(self, run_id: str) -> RunRow | None:
         row = self._db.execute("SELECT run_id, spec_json, run_dir, state FROM runs WHERE run_id = ?",
@@ -155,7 +161,7 @@ class Ledger:
             for run_id in run_ids:
                 state, claimed_at = db.execute(
                     "SELECT state, claimed_at FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-                live = claimed_at is not None and now - claimed_at < CLAIM_TIMEOUT_S
+                live = _live(claimed_at, now)
                 if may_claim(state, live):
                     db.execute("UPDATE runs SET claimed_by = ?, claimed_at = ?, updated = ? WHERE run_id = ?",
                                (owner, now, now, run_id))
@@ -187,7 +193,7 @@ class Ledger:
 
     def has_live_claim(self, run_id: str) -> bool:
         row = self._db.execute("SELECT claimed_at FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-        return bool(row and row[0] is not None and time.time() - row[0] < CLAIM_TIMEOUT_S)
+        return bool(row) and _live(row[0])
 
     # states
     def set_states(self, states: dict[str, str], detail: str | None = None) -> None:
@@ -209,6 +215,11 @@ class Ledger:
     def transitions(self, run_id: str) -> list[tuple[str, float, str | None]]:
         return [tuple(r) for r in self._db.execute(
             "SELECT state, at, detail FROM transitions WHERE run_id = ? ORDER BY id", (run_id,))]
+
+
+def _live(claimed_at: float | None, now: float | None = None) -> bool:
+    """A claim younger than CLAIM_TIMEOUT_S belongs to a submitter that may still be at work."""
+    return claimed_at is not None and (now if now is not None else time.time()) - claimed_at < CLAIM_TIMEOUT_S
 
 
 def _statements(script: str) -> list[str]:

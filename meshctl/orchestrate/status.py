@@ -183,7 +183,7 @@ def derive(row: RunRow, sub: Submission | None, scheduler: str | None, live_clai
         status.log_tail = failure.get("traceback", [])[-5:]
     elif state is None:
         status.state = "pending" if time.time() - sub.submitted < 60 else "incomplete"
-        status.detail = f"scheduler has no record of job {sub.job_id}" if state is None and scheduler is None else None
+        status.detail = f"scheduler has no record of job {sub.job_id}" if scheduler is None else None
     elif state == "ended":  # the job finished but this run has no final.json
         status.state, status.detail = "failed", f"job {sub.job_id} ended without final.json"
         status.log_tail = _log_tail(sub)
@@ -220,7 +220,7 @@ def observe(ledger: Ledger, sweep: str | None = None, record: bool = True) -> li
     for row in rows:
         sub = subs.get(row.run_id)
         scheduler = sched.get(sub.job_id) if sub is not None else None
-        statuses.append(derive(row, sub, scheduler, ledger.has_live_claim(row.run_id)))
+        statuses.append(derive(row, sub, scheduler, row.live_claim))
     if record:
         ledger.set_states({s.run_id: s.state for s in statuses})
     return statuses
