@@ -43,7 +43,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from meshctl.models import ModelSpec, build, export_hf, flops_per_token, resolve
@@ -76,16 +75,22 @@ GPU_SHAPES = [
 class Contender:
     name: str
     model: nn.Module
-    forward: Callable[[torch.Tensor], torch.Tensor]  # input ids (batch, seq) -> logits (batch, seq, vocab)
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (input ids, targets) -> mean token NLL
     optimizer: torch.optim.Optimizer
     amp: torch.dtype | None = None  # autocast dtype, None for full precision
 
 
 def contender(name: str, model: nn.Module, device: str, amp: torch.dtype | None = None,
-              forward: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Contender:
+              loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> Contender:
+    """A model with its own training loss: meshctl's `model(ids, targets=...)` (the fused head) unless given."""
     model = model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, fused=True)
-    return Contender(name, model, forward or model, optimizer, amp)
+    return Contender(name, model, loss or (lambda ids, targets: model(ids, targets=targets)), optimizer, amp)
+
+
+def step_loss(c: Contender, batch: torch.Tensor) -> torch.Tensor:
+    with torch.autocast(batch.device.type, dtype=c.amp or torch.float32, enabled=c.amp is not None):
+        return c.loss(batch[:, :-1], batch[:, 1:])
 
 
 def sync(device: str) -> None:
@@ -98,10 +103,7 @@ def train_step(c: Contender, batch: torch.Tensor) -> tuple[float, float]:
     device = batch.device.type
     sync(device)
     start = time.perf_counter()
-    with torch.autocast(device, dtype=c.amp or torch.float32, enabled=c.amp is not None):
-        logits = c.forward(batch[:, :-1])
-    loss = F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())
-    loss.backward()
+    step_loss(c, batch).backward()
     sync(device)
     middle = time.perf_counter()
     c.optimizer.step()
@@ -176,9 +178,7 @@ def saved_bytes(c: Contender, batch: torch.Tensor) -> int:
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        with torch.autocast(batch.device.type, dtype=c.amp or torch.float32, enabled=c.amp is not None):
-            logits = c.forward(batch[:, :-1])
-        loss = F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())
+        loss = step_loss(c, batch)
     loss.backward()
     c.optimizer.zero_grad(set_to_none=True)
     return sum(saved.values())
@@ -223,7 +223,9 @@ def hf_twin(model: nn.Module, device: str, amp: torch.dtype | None) -> Contender
     with tempfile.TemporaryDirectory() as tmp:
         export_hf(model, tmp)
         hf = transformers.GPTNeoXForCausalLM.from_pretrained(tmp, dtype=torch.float32, attn_implementation="sdpa")
-    return contender("transformers", hf, device, amp, forward=lambda ids: hf(input_ids=ids, use_cache=False).logits)
+    # its own training loss: labels given already shifted (ForCausalLMLoss: logits.float(), cross_entropy)
+    return contender("transformers", hf, device, amp, loss=lambda ids, targets: hf(
+        input_ids=ids, labels=targets, shift_labels=targets.contiguous(), use_cache=False).loss)
 
 
 def compile_blocks(model: nn.Module) -> None:

@@ -2,7 +2,7 @@
 
 Both families share embeddings, final norm, LM head and init; they differ only in how the same
 `Block` is composed. A recursive model stores its core once and loops it in `forward`; `n_loop` is a
-forward argument (default: the spec's), so a model trained with 2 loops can be run with 3.
+keyword argument of forward (default: the spec's), so a model trained with 2 loops can be run with 3.
 `vanilla_mesh` (paper Table 6) is the recursive composition with a distinct core per step.
 """
 
@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from meshctl.models.block import Block, RotaryCache, Stack
+from meshctl.models.loss import linear_cross_entropy
 from meshctl.models.recurrence import DynamicComb, build_recurrence
 from meshctl.models.spec import ModelSpec
 
@@ -56,8 +57,13 @@ class LanguageModel(nn.Module):
         h = self.embed_in(input_ids)  # (batch, seq, n_embd)
         return h * self.embed_scale if self.embed_scale != 1.0 else h
 
-    def head(self, h: torch.Tensor) -> torch.Tensor:
-        return self.embed_out(self.final_layer_norm(h))  # (batch, seq, padded_vocab)
+    def head(self, h: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (batch, seq, padded_vocab), or with `targets` (batch, seq) the mean token NLL (fp32
+        scalar) from the fused head + cross-entropy, which never holds the logits for backward."""
+        h = self.final_layer_norm(h)
+        if targets is None:
+            return self.embed_out(h)
+        return linear_cross_entropy(h.flatten(0, 1), self.embed_out.weight, targets.flatten())
 
 
 class VanillaLM(LanguageModel):
@@ -65,10 +71,10 @@ class VanillaLM(LanguageModel):
         super().__init__(spec)
         self.layers = Stack(spec, spec.n_layer)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
         h = self.embed(input_ids)
         cos, sin = self.rotary(h.shape[1], h.device, h.dtype)
-        return self.head(self.layers(h, cos, sin))
+        return self.head(self.layers(h, cos, sin), targets)
 
 
 class RecursiveLM(LanguageModel):
@@ -85,7 +91,8 @@ class RecursiveLM(LanguageModel):
     def core_at(self, t: int) -> Stack:
         return self.core if self.spec.shares_core else self.cores[t]
 
-    def forward(self, input_ids: torch.Tensor, n_loop: int | None = None) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None, n_loop: int | None = None,
+                ) -> torch.Tensor:
         n_loop = self.spec.n_loop if n_loop is None else n_loop
         if n_loop < 1:
             raise ValueError(f"n_loop must be >= 1, got {n_loop}")
@@ -96,7 +103,7 @@ class RecursiveLM(LanguageModel):
         h, ctx = self.recurrence.begin(h_emb, self.prelude(h_emb, cos, sin))
         for t in range(n_loop):
             h = self.recurrence.step(t, h, self.core_at(t)(h, cos, sin), ctx)
-        return self.head(self.coda(h, cos, sin))
+        return self.head(self.coda(h, cos, sin), targets)
 
 
 def build_module(spec: ModelSpec) -> LanguageModel:

@@ -89,12 +89,9 @@ class LMModule(L.LightningModule):
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids)  # (batch, seq, padded_vocab)
 
-    def token_nll(self, batch: torch.Tensor) -> torch.Tensor:
-        """Per-token negative log-likelihood of windows (batch, seq + 1): (batch, seq), fp32."""
-        return token_nll(self(batch[:, :-1]), batch[:, 1:])
-
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        loss = self.token_nll(batch).mean()
+        # the model's fused head + cross-entropy: the mean of token_nll, without logits kept for backward
+        loss = self.model(batch[:, :-1], targets=batch[:, 1:])
         # The step loss is the mean over its accumulation micro-batches (equal token counts).
         self.loss_sum = self.loss_sum + loss.detach().double()
         self.loss_count += 1

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+import meshctl.models.loss as loss_module
 from meshctl.models import ModelSpec, build
 from meshctl.models.block import RotaryCache, Rotary, apply_rotary
+from meshctl.models.loss import linear_cross_entropy
 
 SPECS = [
     ModelSpec(n_layer=1, n_embd=128, n_head=2, vocab_size=300),  # Pythia-like: 16 of 64 head dims rotated
@@ -70,3 +73,67 @@ def test_no_rotary_dims_passes_qkv_through() -> None:
     qkv = torch.randn(1, 3, 2, 96)
     cos, sin = RotaryCache(spec)(3, "cpu", torch.float32)
     assert apply_rotary(qkv, cos, sin) is qkv
+
+
+def reference_loss(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cross_entropy((x @ weight.t()).float(), targets)
+
+
+@pytest.mark.parametrize("budget, vocab_slice", [(None, None), (4 * 300 * 5, 128)])  # one chunk; 5-token chunks
+def test_fused_head_loss_matches_cross_entropy_and_its_gradients(monkeypatch, budget, vocab_slice) -> None:
+    if budget is not None:  # several token chunks, and weight-gradient slices that do not divide the vocab
+        monkeypatch.setattr(loss_module, "LOGITS_BUDGET", budget)
+        monkeypatch.setattr(loss_module, "VOCAB_SLICE", vocab_slice)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(23, 16, dtype=torch.float64, generator=gen, requires_grad=True)
+    weight = torch.randn(300, 16, dtype=torch.float64, generator=gen, requires_grad=True)
+    targets = torch.randint(0, 300, (23,), generator=gen)
+    ours = linear_cross_entropy(x, weight, targets)
+    (2.5 * ours).backward()  # the upstream gradient scales both
+    ours_grads = x.grad.clone(), weight.grad.clone()
+    x.grad = weight.grad = None
+    theirs = reference_loss(x, weight, targets)
+    (2.5 * theirs).backward()
+    torch.testing.assert_close(ours, theirs.to(ours.dtype), rtol=0, atol=1e-6)
+    torch.testing.assert_close(ours_grads, (x.grad, weight.grad))
+    with torch.no_grad():  # evaluation: the same value, no gradient work
+        torch.testing.assert_close(linear_cross_entropy(x, weight, targets), ours)
+
+
+def test_fused_head_loss_refuses_a_second_backward() -> None:
+    x = torch.randn(4, 8, requires_grad=True)
+    loss = linear_cross_entropy(x * 1.0, torch.randn(50, 8), torch.randint(0, 50, (4,)))
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="second time"):
+        loss.backward()
+
+
+def test_fused_head_loss_under_bf16_autocast_matches_the_linear_layer() -> None:
+    """Under autocast the logits are made in bf16, as nn.Linear would; softmax and NLL in fp32."""
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(32, 64, generator=gen, requires_grad=True)
+    weight = torch.randn(500, 64, generator=gen, requires_grad=True)
+    targets = torch.randint(0, 500, (32,), generator=gen)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = linear_cross_entropy(x, weight, targets)
+        theirs = torch.nn.functional.cross_entropy(torch.nn.functional.linear(x, weight).float(), targets)
+    assert ours.dtype == torch.float32
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+    ours.backward()
+    assert weight.grad.dtype == torch.float32 and x.grad.dtype == torch.float32
+
+
+@pytest.mark.parametrize("recurrence", [None, "mesh"])
+def test_model_loss_equals_cross_entropy_of_its_logits(recurrence) -> None:
+    spec = ModelSpec(n_layer=6, n_embd=64, n_head=2, vocab_size=300)
+    if recurrence:
+        spec = spec.variant(family="recursive", structure="1+2R2+1", recurrence=recurrence)
+    model = build(spec, seed=0).double()
+    ids = torch.randint(0, 300, (2, 17), generator=torch.Generator().manual_seed(2))
+    model(ids[:, :-1], targets=ids[:, 1:]).backward()
+    fused = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    logits = model(ids[:, :-1])
+    torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten()).backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(fused[name], p.grad, msg=name)
