@@ -39,6 +39,7 @@ demo: install
 bench: install
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/speed.py
+	$(BIN)/python benchmarks/allocator.py
 	$(BIN)/python benchmarks/orchestration.py
 
 slurm-up:

@@ -38,12 +38,12 @@ class LinearCrossEntropy(torch.autograd.Function):
                 continue
             grad_logits = logp.exp_()  # softmax, in place
             grad_logits.scatter_(1, tc[:, None], picked.exp() - 1.0)  # - onehot
-            grad_logits = grad_logits.to(x.dtype).div_(n)
+            grad_logits = grad_logits.to(x.dtype)  # of the sum over tokens; backward divides by n
             torch.mm(grad_logits, weight, out=grad_x[start : start + rows])
             for v in range(0, vocab, VOCAB_SLICE):
                 rows_of_w, g = grad_w[v : v + VOCAB_SLICE], grad_logits[:, v : v + VOCAB_SLICE].t()
                 torch.mm(g, xc, out=rows_of_w) if start == 0 else rows_of_w.addmm_(g, xc)
-        ctx.grads = (grad_x, grad_w)
+        ctx.grads, ctx.n = (grad_x, grad_w), n
         return total / n
 
     @staticmethod
@@ -51,7 +51,7 @@ class LinearCrossEntropy(torch.autograd.Function):
         if ctx.grads is None:
             raise RuntimeError("backward through LinearCrossEntropy a second time: its gradients are spent")
         (grad_x, grad_w), ctx.grads = ctx.grads, None  # scaled in place, so released here
-        scale = grad_loss.to(grad_x.dtype)
+        scale = (grad_loss / ctx.n).to(grad_x.dtype)
         return grad_x.mul_(scale), grad_w.mul_(scale), None, None
 
 

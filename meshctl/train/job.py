@@ -110,13 +110,17 @@ def run_training(spec: RunSpec | dict[str, Any] | str | Path, run_dir: str | Pat
 
 def _fit(spec: RunSpec, rd: RunDir, log: logging.Logger, progress: bool) -> dict[str, Any]:
     import lightning as L
+    import torch
     from lightning.pytorch.plugins.environments import SLURMEnvironment
 
+    from meshctl.train.allocator import keep_freed_memory
     from meshctl.train.callbacks import LastCheckpoint, MetricsWriter, StepProgressBar
     from meshctl.train.datamodule import LMDataModule
     from meshctl.train.module import LMModule
 
     t = spec.train
+    if not torch.cuda.is_available() and keep_freed_memory():
+        log.debug("CPU training: glibc malloc keeps freed memory (no per-step page faults)")
     callbacks: list[Any] = [MetricsWriter(spec, rd, log), LastCheckpoint(spec, rd, log)]
     if progress:
         callbacks.append(StepProgressBar())
