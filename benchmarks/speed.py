@@ -3,9 +3,15 @@
     python benchmarks/speed.py [--quick] [--device cpu|cuda] [--reps N] [--out PATH]
 
 - vanilla vs transformers: a training step (forward + backward + AdamW) of meshctl's vanilla model and
-  `transformers.GPTNeoXForCausalLM` loaded from its export (same weights, config, dtype, batch, loss and
+  `transformers.GPTNeoXForCausalLM` loaded from its export (same weights, config, dtype, batch and
   optimizer; attn_implementation="sdpa", use_cache=False), at a tiny shape and a Pythia-160M shape.
+  Each computes its loss its own training way: meshctl `model(ids, targets=...)` (the fused head and
+  cross-entropy, meshctl/models/loss.py), transformers `model(ids, labels=..., shift_labels=...).loss`.
+  Recorded beside it, a ceiling: transformers' fastest step over a lower bound on any step of the same
+  model (every matmul FLOP at the run's best dense-matmul rate, plus the same optimizer's time).
 - MeSH vs `base`: the same recursive structure, step-time ratio and peak-memory ratio.
+- On CPU both step ratios are measured twice: under glibc's default malloc, then keeping freed memory
+  as `meshctl train` does (meshctl/train/allocator.py; benchmarks/allocator.py measures that setting).
 - torch.compile per Block (the loop eager, as `meshctl train` does) vs eager; bf16 autocast vs fp32.
 - MFU: FLOPs/token ("palm": matmuls incl. LM head and attention) x tokens/s over a dense matmul peak
   measured in the same run on the same device (fp32 2048^3, bf16 too where supported), so the ratio
@@ -46,6 +52,7 @@ import torch
 from torch import nn
 
 from meshctl.models import ModelSpec, build, export_hf, flops_per_token, resolve
+from meshctl.train.allocator import keep_freed_memory
 from machine import cpu_model  # benchmarks/machine.py
 
 TINY = ModelSpec(n_layer=6, n_embd=256, n_head=4, vocab_size=8192, block_size=1024)  # = preset tiny-256
@@ -135,14 +142,20 @@ def paired(a: Contender, b: Contender, batch: torch.Tensor, reps: int, warmup: i
     }
 
 
-def add_ceiling(ratio: dict[str, Any], spec: ModelSpec, shape: Shape, peak: float) -> None:
-    """The most any implementation of the same model could gain over the baseline here: the baseline's
-    fastest step over a lower bound on a step, every matmul FLOP (causal attention counted once) at the
-    run's best dense-matmul rate plus the same optimizer's time. A target above it is out of reach."""
-    attention_skipped = 6.0 * spec.n_unrolled * spec.n_embd * shape.seq  # palm counts the masked half too
-    step_flops = (flops_per_token(spec, shape.seq, "palm") - attention_skipped) * shape.batch * shape.seq
-    ratio["bound_step_s"] = step_flops / peak + ratio["contender_optimizer_s"]
-    ratio["ceiling"] = ratio["contender_step_s_fastest"] / ratio["bound_step_s"]
+def step_flops(spec: ModelSpec, shape: Shape) -> float:
+    """Matmul FLOPs of a training step, causal attention counted once (palm counts the masked half too)."""
+    attention_skipped = 6.0 * spec.n_unrolled * spec.n_embd * shape.seq
+    return (flops_per_token(spec, shape.seq, "palm") - attention_skipped) * shape.batch * shape.seq
+
+
+def add_ceilings(ratios: list[dict[str, Any]], peaks: dict[str, float]) -> None:
+    """The most any implementation of the same model could gain over the contender: its fastest step
+    over a lower bound on a step, every matmul FLOP at the run's best dense-matmul rate plus the same
+    optimizer's time. A target above it is out of reach."""
+    for ratio in ratios:
+        if "step_flops" in ratio:
+            ratio["bound_step_s"] = ratio["step_flops"] / peaks[ratio["precision"]] + ratio["contender_optimizer_s"]
+            ratio["ceiling"] = ratio["contender_step_s_fastest"] / ratio["bound_step_s"]
 
 
 def held_bytes(c: Contender) -> int:
@@ -303,38 +316,54 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     memory: list[dict[str, Any]] = []
 
+    allocator = "cuda caching" if gpu else "glibc default"
+
     def record(kind: str, shape: Shape, result: dict[str, Any], target: str, met: bool | None) -> None:
         ratios.append({"comparison": kind, "shape": shape.label, "seq": shape.seq, "batch": shape.batch,
-                       "precision": precision, **result, "target": target, "met": met})
-        print(f"  {kind:<34} {shape.label:<20} {result['step_ratio']:.3f}", flush=True)
+                       "precision": precision, "allocator": allocator, **result, "target": target, "met": met})
+        print(f"  {kind:<34} {shape.label:<20} {allocator:<14} {result['step_ratio']:.3f}", flush=True)
 
-    for shape in shapes:
-        measure_peaks()
-        reps = args.reps or 10
-        spec = shape.spec
-        batch = batch_for(spec, shape, device)
-
-        # 1. meshctl vanilla vs transformers' GPT-NeoX, both eager (speed-up = their time / ours)
+    def step_ratios(shape: Shape, batch: torch.Tensor, keep_rows: bool) -> tuple[Contender, Contender, Contender]:
+        """1. meshctl vanilla vs transformers' GPT-NeoX, both eager (speed-up = their time / ours);
+        2. MeSH vs base of the same structure (cost = mesh / base), compiled per layer on a GPU."""
+        spec, reps = shape.spec, args.reps or 10
         ours = contender("meshctl vanilla", build(spec, seed=0), device, amp)
         theirs = hf_twin(ours.model, device, amp)
         r = paired(ours, theirs, batch, reps)
-        add_ceiling(r, spec, shape, peaks["fp32" if precision == "fp32" else "bf16"])
+        r["step_flops"] = step_flops(spec, shape)
         record("transformers / meshctl step time", shape, r, ">= 1.25", r["step_ratio"] >= 1.25)
-        rows.append(throughput(ours, spec, shape, r, "baseline", precision, False))
-        rows.append(throughput(theirs, spec, shape, r, "contender", precision, False))
+        if keep_rows:
+            rows.append(throughput(ours, spec, shape, r, "baseline", precision, False))
+            rows.append(throughput(theirs, spec, shape, r, "contender", precision, False))
         release(theirs)
-
-        # 2. MeSH vs base of the same structure (cost = mesh / base), compiled per layer on a GPU
         rec = spec.variant(family="recursive", structure=shape.structure)
         base = contender(f"{shape.structure} base", build(rec.variant(recurrence="base"), seed=0), device, amp)
         mesh = contender(f"{shape.structure} mesh", build(rec.variant(recurrence="mesh"), seed=0), device, amp)
         if gpu:
             compile_blocks(base.model)
             compile_blocks(mesh.model)
-        r = paired(base, mesh, batch, reps)
+        r = paired(base, mesh, batch, 2 * reps)  # a few percent apart: twice the pairs
         record("mesh / base step time", shape, r, "<= 1.03", r["step_ratio"] <= 1.03)
-        for c, side in ((base, "baseline"), (mesh, "contender")):
-            rows.append(throughput(c, c.model.spec, shape, r, side, precision, gpu))
+        if keep_rows:
+            for c, side in ((base, "baseline"), (mesh, "contender")):
+                rows.append(throughput(c, c.model.spec, shape, r, side, precision, gpu))
+        return ours, base, mesh
+
+    if not gpu:
+        # First with glibc's default malloc (as a fresh Python process has it), then keeping freed memory
+        # as `meshctl train` does on CPU (meshctl/train/allocator.py): by default every step page-faults
+        # its large activations and gradients in again, a cost that depends on how many fresh buffers a
+        # model allocates rather than on its arithmetic. Both contenders share each setting.
+        for shape in shapes:
+            measure_peaks()
+            release(*step_ratios(shape, batch_for(shape.spec, shape, device), keep_rows=False))
+        allocator = "kept" if keep_freed_memory() else "glibc default"
+
+    for shape in shapes:
+        measure_peaks()
+        spec, reps = shape.spec, args.reps or 10
+        batch = batch_for(spec, shape, device)
+        ours, base, mesh = step_ratios(shape, batch, keep_rows=True)
         mem = {"shape": shape.label, "structure": shape.structure, "precision": precision,
                **{f"vanilla_{k}": v for k, v in peak_step_bytes(ours, batch).items()},
                **{f"base_{k}": v for k, v in peak_step_bytes(base, batch).items()},
@@ -381,6 +410,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if chip is not None:
             peaks["card_bf16"], peaks["card_fp32"] = PEAK_FLOPS[chip]["bf16"], PEAK_FLOPS[chip]["tf32"]
     add_mfu(rows, peaks)
+    add_ceilings(ratios, peaks)
     return {"ratios": ratios, "throughput": rows, "memory": memory,
             "matmul_peak_tflops": {k: v / 1e12 for k, v in peaks.items()}, "bf16_measured": bf16_ok}
 
@@ -404,21 +434,21 @@ def print_table(doc: dict[str, Any]) -> None:
     from rich.table import Table
 
     m = doc["machine"]
-    console = Console(width=160)
+    console = Console(width=200)
     table = Table(title=f"ratios, measured side by side ({m.get('gpu') or m['cpu']}, {m['torch_threads']} threads, "
                         f"torch {m['torch']}; load {m['load_average_1m']:.1f} -> {m['load_average_1m_end']:.1f})")
-    for header in ("comparison", "shape", "seq x batch", "baseline s", "contender s", "ratio", "fastest", "fwd+bwd",
-                   "target"):
+    for header in ("comparison", "shape", "seq x batch", "malloc", "baseline s", "contender s", "ratio", "fastest",
+                   "fwd+bwd", "target"):
         table.add_column(header, justify="left" if header in ("comparison", "shape") else "right", no_wrap=True)
     for r in doc["ratios"]:
         met = "" if r["met"] is None else " ok" if r["met"] else " MISSED"
-        table.add_row(r["comparison"], r["shape"], f"{r['seq']} x {r['batch']}", f"{r['baseline_step_s']:.3f}",
+        table.add_row(r["comparison"], r["shape"], f"{r['seq']} x {r['batch']}", r["allocator"], f"{r['baseline_step_s']:.3f}",
                       f"{r['contender_step_s']:.3f}", f"{r['step_ratio']:.3f}", f"{r['step_ratio_fastest']:.3f}",
                       f"{r['fwd_bwd_ratio']:.3f}",
                       r["target"] + met + (f" (ceiling {r['ceiling']:.2f})" if "ceiling" in r else ""))
     for r in doc["memory"]:
         met = " ok" if r["met"] else " MISSED"
-        table.add_row("mesh / base peak memory", r["shape"], "", f"{r['base_total'] / 2**20:.0f} MiB",
+        table.add_row("mesh / base peak memory", r["shape"], "", "", f"{r['base_total'] / 2**20:.0f} MiB",
                       f"{r['mesh_total'] / 2**20:.0f} MiB", f"{r['mesh_over_base_total']:.3f}",
                       f"step {r['mesh_over_base_step_peak']:.3f}", f"saved {r['mesh_over_base_saved']:.3f}",
                       r["target"] + met)
