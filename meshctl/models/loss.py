@@ -6,8 +6,8 @@ backward (a second exp over every logit). At vocab 8k-50k that is the largest ac
 step and, on CPU, several percent of its time. Here each chunk of tokens is projected, its log-softmax
 taken once, and the gradient of the logits (softmax - onehot) formed in place and pushed through the
 two matmuls at once; only the gradients of x and W (already the sizes of x and W) wait for backward.
-The weight gradient is accumulated in vocab slices: a (vocab, d) x (tokens) GEMM with few tokens runs
-at under half of peak on CPU, 8k-row slices near peak (benchmarks/speed.py).
+The weight gradient is accumulated in vocab slices: on CPU the (50304, 768) weight gradient from 256
+tokens ran at 0.45 of a 2048^3 matmul's rate as one GEMM, at 0.9-1.0 in 8k-row slices.
 
 The numbers are those of `F.cross_entropy(logits.float(), t)`: logits are made in the input dtype (bf16
 under autocast), the softmax and NLL in fp32.
