@@ -39,9 +39,15 @@ def measure(case: tuple[str, int, int, int], keep: bool) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return int(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=positive, default=3, help="alternating rounds per case (>= 1)")
     parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "allocator.json")
     args = parser.parse_args()

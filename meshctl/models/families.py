@@ -63,6 +63,8 @@ class LanguageModel(nn.Module):
         h = self.final_layer_norm(h)
         if targets is None:
             return self.embed_out(h)
+        if targets.shape != h.shape[:2]:
+            raise ValueError(f"targets must be (batch, seq) = {tuple(h.shape[:2])}, got {tuple(targets.shape)}")
         return linear_cross_entropy(h.flatten(0, 1), self.embed_out.weight, targets.flatten())
 
 

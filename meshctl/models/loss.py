@@ -64,8 +64,6 @@ def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.T
     if torch.is_autocast_enabled(device):
         dtype = torch.get_autocast_dtype(device)
         x, weight = x.to(dtype), weight.to(dtype)
-    elif weight.dtype != x.dtype:
-        weight = weight.to(x.dtype)
     with_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
     with torch.autocast(device, enabled=False):
         return LinearCrossEntropy.apply(x, weight, targets, with_grad)
