@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from machine import cpu_model, positive  # benchmarks/machine.py
+
 CASES = [("tiny-256", 256, 8, 6), ("pythia-160m", 128, 2, 3)]  # the shapes of benchmarks/speed.py
 
 
@@ -39,12 +41,6 @@ def measure(case: tuple[str, int, int, int], keep: bool) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
-    return int(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=positive, default=3, help="alternating rounds per case (>= 1)")
@@ -54,8 +50,6 @@ def main() -> None:
     if args.child:
         preset, seq, batch, steps, mode = args.child
         return child(preset, int(seq), int(batch), int(steps), mode == "keep")
-    from machine import cpu_model  # benchmarks/machine.py
-
     started, rows = time.perf_counter(), []
     for case in CASES:
         pairs = []

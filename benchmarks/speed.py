@@ -53,7 +53,7 @@ from torch import nn
 
 from meshctl.models import ModelSpec, build, export_hf, flops_per_token, resolve
 from meshctl.train.allocator import keep_freed_memory
-from machine import cpu_model  # benchmarks/machine.py
+from machine import cpu_model, positive  # benchmarks/machine.py
 
 TINY = ModelSpec(n_layer=6, n_embd=256, n_head=4, vocab_size=8192, block_size=1024)  # = preset tiny-256
 
@@ -326,7 +326,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     def step_ratios(shape: Shape, batch: torch.Tensor, keep_rows: bool) -> tuple[Contender, Contender, Contender]:
         """1. meshctl vanilla vs transformers' GPT-NeoX, both eager (speed-up = their time / ours);
         2. MeSH vs base of the same structure (cost = mesh / base), compiled per layer on a GPU."""
-        spec, reps = shape.spec, args.reps or 10
+        spec, reps = shape.spec, args.reps
         ours = contender("meshctl vanilla", build(spec, seed=0), device, amp)
         theirs = hf_twin(ours.model, device, amp)
         r = paired(ours, theirs, batch, reps)
@@ -361,7 +361,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     for shape in shapes:
         measure_peaks()
-        spec, reps = shape.spec, args.reps or 10
+        spec, reps = shape.spec, args.reps
         batch = batch_for(spec, shape, device)
         ours, base, mesh = step_ratios(shape, batch, keep_rows=True)
         mem = {"shape": shape.label, "structure": shape.structure, "precision": precision,
@@ -470,7 +470,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
-    parser.add_argument("--reps", type=int, default=0, help="timed pairs per comparison (default 10)")
+    parser.add_argument("--reps", type=positive, default=10, help="timed pairs per comparison")
     parser.add_argument("--quick", action="store_true", help="CPU: the tiny shape only")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "speed.json")
     args = parser.parse_args()
