@@ -8,7 +8,10 @@
   Each computes its loss its own training way: meshctl `model(ids, targets=...)` (the fused head and
   cross-entropy, meshctl/models/loss.py), transformers `model(ids, labels=..., shift_labels=...).loss`.
   Recorded beside it, a ceiling: transformers' fastest step over a lower bound on any step of the same
-  model (every matmul FLOP at the run's best dense-matmul rate, plus the same optimizer's time).
+  model (every matmul FLOP at the run's best dense-matmul rate, plus the same optimizer's time); and on
+  CPU a reach: transformers' profiled step over the time both steps spend in kernels any implementation
+  built on torch's must run (GEMMs, AdamW, GELU, LayerNorm, embedding gradient; `MUST_RUN`), i.e. the
+  most a faster model code could gain without faster GEMMs than torch's.
 - MeSH vs `base`: the same recursive structure, step-time ratio and peak-memory ratio.
 - On CPU both step ratios are measured twice: under glibc's default malloc, then keeping freed memory
   as `meshctl train` does (meshctl/train/allocator.py; benchmarks/allocator.py measures that setting).
@@ -156,6 +159,41 @@ def add_ceilings(ratios: list[dict[str, Any]], peaks: dict[str, float]) -> None:
         if "step_flops" in ratio:
             ratio["bound_step_s"] = ratio["step_flops"] / peaks[ratio["precision"]] + ratio["contender_optimizer_s"]
             ratio["ceiling"] = ratio["contender_step_s_fastest"] / ratio["bound_step_s"]
+
+
+# Kernels a training step of this model and optimizer runs whatever the implementation, when it uses
+# torch's: GEMMs of the layers and the LM head, fused AdamW, GELU, LayerNorm, the input embedding's
+# gradient (its zero-fill and scatter, counted whole). Attention, rotary, the loss's softmax, residual
+# adds and bias reductions are left out: another implementation could fuse or beat them.
+MUST_RUN = ("aten::mm", "aten::addmm", "aten::bmm", "aten::_fused_adamw_", "aten::gelu", "aten::gelu_backward",
+            "aten::native_layer_norm", "aten::native_layer_norm_backward")
+MUST_RUN_WHOLE = ("aten::embedding_dense_backward",)
+
+
+def profiled_step(c: Contender, batch: torch.Tensor) -> tuple[float, float]:
+    """(step seconds, seconds inside MUST_RUN kernels) of one CPU training step under the profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step_s = train_step(c, batch)[1]
+    floor_us = sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in MUST_RUN)
+    floor_us += sum(e.cpu_time_total for e in prof.key_averages() if e.key in MUST_RUN_WHOLE)
+    return step_s, floor_us / 1e6
+
+
+def kernel_floor(a: Contender, b: Contender, batch: torch.Tensor, steps: int = 3) -> dict[str, Any]:
+    """How far any implementation built on torch's kernels could get ahead of `b`: b's profiled step over
+    the time a step must spend in MUST_RUN kernels (the smaller of a's and b's medians). Unlike the
+    ceiling, it takes the GEMMs at the rate they actually run at these shapes."""
+    runs: dict[str, list[tuple[float, float]]] = {"a": [], "b": []}
+    for _ in range(steps):
+        runs["a"].append(profiled_step(a, batch))
+        runs["b"].append(profiled_step(b, batch))
+    med = {k: (statistics.median(s for s, _ in v), statistics.median(f for _, f in v)) for k, v in runs.items()}
+    floor = min(med["a"][1], med["b"][1])
+    return {"baseline_profiled_step_s": med["a"][0], "baseline_kernel_floor_s": med["a"][1],
+            "contender_profiled_step_s": med["b"][0], "contender_kernel_floor_s": med["b"][1],
+            "reach": med["b"][0] / floor}
 
 
 def held_bytes(c: Contender) -> int:
@@ -331,6 +369,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         theirs = hf_twin(ours.model, device, amp)
         r = paired(ours, theirs, batch, reps)
         r["step_flops"] = step_flops(spec, shape)
+        if not gpu:
+            r.update(kernel_floor(ours, theirs, batch))
         record("transformers / meshctl step time", shape, r, ">= 1.25", r["step_ratio"] >= 1.25)
         if keep_rows:
             rows.append(throughput(ours, spec, shape, r, "baseline", precision, False))
@@ -445,7 +485,8 @@ def print_table(doc: dict[str, Any]) -> None:
         table.add_row(r["comparison"], r["shape"], f"{r['seq']} x {r['batch']}", r["allocator"], f"{r['baseline_step_s']:.3f}",
                       f"{r['contender_step_s']:.3f}", f"{r['step_ratio']:.3f}", f"{r['step_ratio_fastest']:.3f}",
                       f"{r['fwd_bwd_ratio']:.3f}",
-                      r["target"] + met + (f" (ceiling {r['ceiling']:.2f})" if "ceiling" in r else ""))
+                      r["target"] + met + (f" (ceiling {r['ceiling']:.2f}" if "ceiling" in r else "")
+                      + (f", reach {r['reach']:.2f})" if "reach" in r else ")" if "ceiling" in r else ""))
     for r in doc["memory"]:
         met = " ok" if r["met"] else " MISSED"
         table.add_row("mesh / base peak memory", r["shape"], "", "", f"{r['base_total'] / 2**20:.0f} MiB",
