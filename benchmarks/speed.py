@@ -485,11 +485,11 @@ def print_table(doc: dict[str, Any]) -> None:
         table.add_column(header, justify="left" if header in ("comparison", "shape") else "right", no_wrap=True)
     for r in doc["ratios"]:
         met = "" if r["met"] is None else " ok" if r["met"] else " MISSED"
+        bounds = ", ".join(f"{key} {r[key]:.2f}" for key in ("ceiling", "reach") if key in r)
         table.add_row(r["comparison"], r["shape"], f"{r['seq']} x {r['batch']}", r["allocator"], f"{r['baseline_step_s']:.3f}",
                       f"{r['contender_step_s']:.3f}", f"{r['step_ratio']:.3f}", f"{r['step_ratio_fastest']:.3f}",
                       f"{r['fwd_bwd_ratio']:.3f}",
-                      r["target"] + met + (f" (ceiling {r['ceiling']:.2f}" if "ceiling" in r else "")
-                      + (f", reach {r['reach']:.2f})" if "reach" in r else ")" if "ceiling" in r else ""))
+                      r["target"] + met + (f" ({bounds})" if bounds else ""))
     for r in doc["memory"]:
         met = " ok" if r["met"] else " MISSED"
         table.add_row("mesh / base peak memory", r["shape"], "", "", f"{r['base_total'] / 2**20:.0f} MiB",
