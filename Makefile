@@ -10,7 +10,7 @@ DEMO_DATA ?= data/demo
 # SLURM=1 insists (CI); SLURM=0 skips them.
 SLURM ?= auto
 
-.PHONY: install test demo bench slurm-up slurm-down clean
+.PHONY: install test demo bench gpu-wheels slurm-up slurm-down clean
 
 install: $(VENV)/.installed
 
@@ -41,6 +41,15 @@ bench: install
 	$(BIN)/python benchmarks/speed.py
 	$(BIN)/python benchmarks/allocator.py
 	$(BIN)/python benchmarks/orchestration.py
+
+# For a GPU machine without an index (benchmarks/gpu_check.py): wheels of what its image may lack, for
+# CPython 3.12 x86-64, at the versions this venv runs. Install there with pip --no-index --target.
+GPU_WHEELS := pydantic|pydantic[-_]core|annotated[-_]types|typing[-_]inspection
+gpu-wheels: install
+	rm -rf .whl
+	$(BIN)/pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: --python-version 3.12 \
+	  --implementation cp --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+	  $$($(BIN)/pip list --format=freeze 2>/dev/null | grep -i -E '^($(GPU_WHEELS))==')
 
 slurm-up:
 	scripts/slurm/start_local_slurm.sh
