@@ -12,7 +12,9 @@ and `eval/*.json`). Result columns of unfinished runs are empty. Columns:
     results     tokens_trained train_loss eval_set val_loss perplexity val_loss_<set> ppl_<set>
                 tokens_per_s mfu completed_at
     downstream  acc_<k>shot_<task> (the task's primary metric, acc or acc_norm, as a fraction),
-                acc_<k>shot_avg, acc_<k>shot_tasks; <metric>_<k>shot_<task> for other metrics
+                acc_<k>shot_avg, acc_<k>shot_tasks; <metric>_<k>shot_<task> for other metrics;
+                subset_<k>shot_<task>: the --limit of an evaluation on part of the task's documents
+                (absent for whole tasks), subset_<k>shot_avg = 1 when the average includes one
     deltas      delta_val_loss_vs_vanilla delta_perplexity_vs_vanilla delta_acc_<k>shot_avg_vs_vanilla
                 (against the mean of the group's completed vanilla seeds)
     spec        model.<field> train.<field> data.seq_len data.path run_dir
@@ -101,15 +103,18 @@ def read_evals(run_dir: str | Path) -> dict[str, float]:
         shot = int(doc.get("num_fewshot") or 0)
         prefix = "acc" if metric in ACCURACY_METRICS else metric
         out[f"{prefix}_{shot}shot_{doc['task']}"] = float(value)
+        if isinstance(doc.get("limit"), (int, float)):  # part of the task only: not comparable with whole ones
+            out[f"subset_{shot}shot_{doc['task']}"] = float(doc["limit"])
     for shot in sorted({int(k.split("_")[1].removesuffix("shot")) for k in out if k.startswith("acc_")}):
-        accs = [v for k, v in out.items() if k.startswith(f"acc_{shot}shot_")]
+        tasks = [k.removeprefix(f"acc_{shot}shot_") for k in out if k.startswith(f"acc_{shot}shot_")]
         # the paper's average is over its own tasks; offline tasks count only when no paper task ran
         from meshctl.analysis.evaluation import PAPER_METRICS
 
-        paper = [v for k, v in out.items() if k.removeprefix(f"acc_{shot}shot_") in PAPER_METRICS]
-        accs = paper or accs
-        out[f"acc_{shot}shot_avg"] = sum(accs) / len(accs)
-        out[f"acc_{shot}shot_tasks"] = len(accs)
+        tasks = [t for t in tasks if t in PAPER_METRICS] or tasks
+        out[f"acc_{shot}shot_avg"] = sum(out[f"acc_{shot}shot_{t}"] for t in tasks) / len(tasks)
+        out[f"acc_{shot}shot_tasks"] = len(tasks)
+        if any(f"subset_{shot}shot_{t}" in out for t in tasks):
+            out[f"subset_{shot}shot_avg"] = 1.0
     return out
 
 

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from meshctl.analysis.tables import MINUS, Summary, coverage_line, summarize
+from meshctl.analysis.tables import MINUS, SUBSET_MARK, GroupTable, Summary, coverage_line, summarize
 from meshctl.errors import BadInput
 
 if TYPE_CHECKING:
@@ -37,6 +37,9 @@ COLUMN_NOTES = (
     "/ delta vs vanilla in points; seeds: completed/planned runs. Bold: best per scale and column. "
     "mean ± std over seeds; an unfinished model shows its state."
 )
+
+SUBSET_NOTE = (f"{SUBSET_MARK}: from evaluations on a subset of the documents (meshctl eval --limit), "
+               "not comparable with whole-task accuracies.")
 
 
 @dataclass
@@ -99,7 +102,13 @@ def _intro(report: Report) -> list[str]:
     lines = [coverage_line(report.summary.coverage)]
     if report.summary.varying:
         lines.append("Variants differ in: " + ", ".join(report.summary.varying) + " (from the run specs).")
+    if any(_on_subset(table) for table in report.summary.tables):
+        lines.append(SUBSET_NOTE)
     return lines
+
+
+def _on_subset(table: GroupTable) -> bool:
+    return any(SUBSET_MARK in cell.text for row in table.rows for cell in row.cells.values())
 
 
 def _md_escape(text: str) -> str:
@@ -128,7 +137,8 @@ def to_markdown(report: Report) -> str:
 
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
-_LATEX_SYMBOLS = {MINUS: "$-$", "±": "$\\pm$", "Δ": "$\\Delta$", "—": "---", "·": "$\\cdot$"}
+_LATEX_SYMBOLS = {MINUS: "$-$", "±": "$\\pm$", "Δ": "$\\Delta$", "—": "---", "·": "$\\cdot$",
+                  SUBSET_MARK: "\\textsuperscript{\\dag}"}
 
 
 def latex_escape(text: str) -> str:
@@ -155,7 +165,8 @@ def to_latex(report: Report) -> str:
             out.append(" & ".join(cells) + " \\\\")
         out += ["\\bottomrule", "\\end{tabular}",
                 f"\\caption{{{latex_escape(report.sweep)}, scale {latex_escape(table.group)}. "
-                f"{latex_escape(coverage_line(report.summary.coverage))}}}",
+                f"{latex_escape(coverage_line(report.summary.coverage))}"
+                + (f" {latex_escape(SUBSET_NOTE)}" if _on_subset(table) else "") + "}",
                 f"\\label{{tab:{_label(report.sweep)}-{_label(table.group)}}}", "\\end{table}", ""]
     out.append(f"% {latex_escape(_footer(report.provenance))}")
     return "\n".join(out) + "\n"

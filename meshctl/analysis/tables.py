@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 MINUS = "\u2212"
+SUBSET_MARK = "\u2020"  # an accuracy from evaluations on part of a task's documents (`meshctl eval --limit`)
 # Keys a group's variants may differ in, in column order; spec fields outside these and the
 # execution-only ones below are found generically (`model.*`, `train.*`).
 LABEL_KEYS = ("family", "structure", "recurrence", "mesh_slots")
@@ -202,7 +203,14 @@ def _result_cell(key: str, done: "pd.DataFrame", pending: str) -> Cell:
         return Cell(pending, pending=True) if pending and done.empty else Cell("—")
     mean = float(values.mean())
     std = float(values.std(ddof=1)) if len(values) > 1 else None
-    return Cell(_format(key, mean, std), mean, std, len(values))
+    mark = SUBSET_MARK if _on_subset(key, done) else ""
+    return Cell(_format(key, mean, std) + mark, mean, std, len(values))
+
+
+def _on_subset(key: str, done: "pd.DataFrame") -> bool:
+    """Whether any of these runs' evaluations behind an accuracy column covered only part of a task."""
+    subset = "subset_" + key.removeprefix("acc_")
+    return key.startswith("acc_") and subset in done and bool(done[subset].notna().any())
 
 
 def group_table(group: str, runs: "pd.DataFrame", varying: list[str], results: list[Column]) -> GroupTable:

@@ -311,3 +311,43 @@ def test_cli_refuses_unknown_sweep_and_missing_ledger(report_results: Path, tmp_
     out = meshctl("report", "--results-dir", str(tmp_path / "empty"))
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "--results-dir" in out.stderr
     assert not (tmp_path / "empty").exists()
+
+
+def test_evaluations_on_part_of_a_task_are_recorded(tmp_path: Path) -> None:
+    from meshctl.analysis.collect import read_evals
+
+    (tmp_path / "eval").mkdir()
+    for task, limit in (("piqa", 50), ("lambada_openai", None)):
+        doc = eval_document(tmp_path, task, 0.5, None, None) | {"limit": limit}
+        (tmp_path / "eval" / f"{task}.json").write_text(json.dumps(doc))
+    out = read_evals(tmp_path)
+    assert out["subset_0shot_piqa"] == 50 and "subset_0shot_lambada_openai" not in out
+    assert out["subset_0shot_avg"] == 1.0 and out["acc_0shot_tasks"] == 2
+    doc = eval_document(tmp_path, "piqa", 0.5, None, None)  # the whole task again
+    (tmp_path / "eval" / "piqa.json").write_text(json.dumps(doc))
+    assert not [k for k in read_evals(tmp_path) if k.startswith("subset_")]
+
+
+def test_accuracies_from_part_of_a_task_are_marked(report: Any) -> None:
+    """A model any of whose evaluations ran with --limit gets a dagger on that task and on its average,
+    and the report says what the dagger means; a report without such evaluations has neither."""
+    import dataclasses
+
+    from meshctl.analysis.report import SUBSET_NOTE, render
+    from meshctl.analysis.tables import SUBSET_MARK, summarize
+
+    assert SUBSET_MARK not in render(report, "markdown") and SUBSET_NOTE not in render(report, "markdown")
+    frame = report.frame.copy()
+    mesh = (frame["group"] == "t64") & (frame["variant"] == "mesh") & (frame["seed"] == 1)
+    frame.loc[mesh, "subset_0shot_piqa"] = 50.0
+    frame.loc[mesh, "subset_0shot_avg"] = 1.0
+    marked = dataclasses.replace(report, frame=frame, summary=summarize(frame))
+    t64 = next(t for t in marked.summary.tables if t.group == "t64")
+    assert _row(t64, "mesh")["acc_0shot_piqa"].text.endswith(SUBSET_MARK)
+    assert _row(t64, "mesh")["acc_0shot_avg"].text.startswith("42.50 ± 0.71" + SUBSET_MARK + " / ")
+    assert SUBSET_MARK not in _row(t64, "mesh")["acc_0shot_lambada_openai"].text
+    assert all(SUBSET_MARK not in cell.text for cell in _row(t64, "vanilla").cells.values())
+    assert SUBSET_NOTE in render(marked, "markdown") and html.escape(SUBSET_NOTE) in render(marked, "html")
+    body = "\n".join(ln for ln in render(marked, "latex").splitlines() if not ln.startswith("%"))
+    assert body.count("\\textsuperscript{\\dag}") == 3  # two cells and the t64 caption's note
+    assert body.count("{") == body.count("}")
