@@ -30,6 +30,13 @@ STATUS_COLUMNS = [
     ("state", "state"), ("progress", "step"), ("tokens", "tokens"), ("train_loss", "train"), ("val_loss", "val"),
     ("tokens_per_s", "tok/s"), ("eta", "ETA"), ("detail", "detail"),
 ]
+EVALS_COLUMN = ("evals", "evals")  # shown when the sweep has an evaluation plan
+
+
+def _columns(statuses: list[Any]) -> list[tuple[str, str]]:
+    if not any(s.evals is not None for s in statuses):
+        return STATUS_COLUMNS
+    return [*STATUS_COLUMNS[:-1], EVALS_COLUMN, STATUS_COLUMNS[-1]]
 
 
 def sweep(
@@ -166,10 +173,11 @@ def _status_renderable(sweep_name: str | None, statuses: list[Any]) -> Any:
     from meshctl.orchestrate.status import counts
 
     table = Table(title=f"{sweep_name or 'all runs'}", header_style="bold")
-    for _, header in STATUS_COLUMNS:
+    columns = _columns(statuses)
+    for _, header in columns:
         table.add_column(header)
     for row in _rows(statuses):
-        table.add_row(*(format_cell(row.get(k)) for k, _ in STATUS_COLUMNS))
+        table.add_row(*(format_cell(row.get(k)) for k, _ in columns))
     line = "  ".join(f"{k}: {v}" for k, v in counts(statuses).items())
     return Group(table, Text(line))
 
@@ -177,10 +185,10 @@ def _status_renderable(sweep_name: str | None, statuses: list[Any]) -> Any:
 def _print_status(sweep_name: str | None, statuses: list[Any]) -> None:
     from meshctl.orchestrate.status import counts
 
-    print_table(_rows(statuses), STATUS_COLUMNS, title=sweep_name or "all runs")
+    print_table(_rows(statuses), _columns(statuses), title=sweep_name or "all runs")
     typer.echo("  ".join(f"{k}: {v}" for k, v in counts(statuses).items()) or "no runs")
     for s in statuses:
-        if s.state == "failed" and s.log_tail:
+        if (s.state == "failed" or s.evals == "failed") and s.log_tail:
             typer.echo(f"{s.run_id} ({s.detail}):")
             for line in s.log_tail:
                 typer.echo(f"    {line}")

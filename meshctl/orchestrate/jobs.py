@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from meshctl.orchestrate.markers import write_failure
+from meshctl.orchestrate.markers import EVAL_FAILURE, write_failure
 
 
 class TrainingJob:
@@ -44,10 +44,17 @@ class EvalJob:
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        # bootstrap_iters=0: lm-eval bootstraps stderrs in a multiprocessing pool, which hung inside a
-        # SLURM task here (a forked child of a threaded process); `meshctl eval` gives stderrs on demand
-        return evaluate_run(self.run_dir, self.plan["tasks"], num_fewshot=self.plan["num_fewshot"],
-                            limit=self.plan.get("limit"), device=device, bootstrap_iters=0)
+        run_dir = Path(self.run_dir)
+        try:
+            # bootstrap_iters=0: lm-eval bootstraps stderrs in a multiprocessing pool, which hung inside a
+            # SLURM task here (a forked child of a threaded process); `meshctl eval` gives stderrs on demand
+            documents = evaluate_run(run_dir, self.plan["tasks"], num_fewshot=self.plan["num_fewshot"],
+                                     limit=self.plan.get("limit"), device=device, bootstrap_iters=0)
+        except Exception as exc:  # for `status`: these jobs are not ledger runs
+            write_failure(run_dir, exc, EVAL_FAILURE)
+            raise
+        (run_dir / EVAL_FAILURE).unlink(missing_ok=True)
+        return documents
 
 
 class RunQueue:

@@ -1,7 +1,9 @@
 """Files the orchestrator leaves in a run directory beside the training's own (spec.json, final.json):
 
-    failure.json    the training raised: class, message, traceback tail, time (read by `status`)
-    cancelled.json  `meshctl cancel` stopped it: time; local jobs leave no scheduler record to say so
+    failure.json       the training raised: class, message, traceback tail, time (read by `status`)
+    eval_failure.json  the sweep's evaluation of the trained run raised (same record; removed when an
+                       evaluation of it succeeds)
+    cancelled.json     `meshctl cancel` stopped it: time; local jobs leave no scheduler record to say so
 
 A marker counts only if it is newer than the run's latest submission, so a resubmitted run starts clean.
 """
@@ -14,10 +16,10 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-FAILURE, CANCELLED = "failure.json", "cancelled.json"
+FAILURE, EVAL_FAILURE, CANCELLED = "failure.json", "eval_failure.json", "cancelled.json"
 
 
-def write_failure(run_dir: Path, exc: BaseException) -> None:
+def write_failure(run_dir: Path, exc: BaseException, name: str = FAILURE) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     record = {
         "class": exc.__class__.__name__,
@@ -25,7 +27,7 @@ def write_failure(run_dir: Path, exc: BaseException) -> None:
         "traceback": "".join(traceback.format_exception(exc)).splitlines()[-12:],
         "at": time.time(),
     }
-    (run_dir / FAILURE).write_text(json.dumps(record, indent=2) + "\n")
+    (run_dir / name).write_text(json.dumps(record, indent=2) + "\n")
 
 
 def write_cancelled(run_dir: Path) -> None:
@@ -33,8 +35,8 @@ def write_cancelled(run_dir: Path) -> None:
     (run_dir / CANCELLED).write_text(json.dumps({"at": time.time()}) + "\n")
 
 
-def read_failure(run_dir: Path) -> dict[str, Any] | None:
-    return _read(run_dir / FAILURE)
+def read_failure(run_dir: Path, name: str = FAILURE) -> dict[str, Any] | None:
+    return _read(run_dir / name)
 
 
 def read_cancelled(run_dir: Path) -> float | None:
@@ -43,7 +45,7 @@ def read_cancelled(run_dir: Path) -> float | None:
 
 
 def clear(run_dir: Path) -> None:
-    for name in (FAILURE, CANCELLED):
+    for name in (FAILURE, EVAL_FAILURE, CANCELLED):
         (run_dir / name).unlink(missing_ok=True)
 
 

@@ -7,6 +7,10 @@ States: new (never submitted), submitting (claimed by a live meshctl), pending, 
 completed (final.json), failed (the training raised, or the scheduler says FAILED/OOM/NODE_FAIL),
 cancelled, incomplete (the job is gone without final.json: killed, timed out; re-running the sweep
 resumes it from its checkpoint).
+
+A sweep with an `eval:` plan also reports each completed run's evaluations: `2/3` documents of the
+plan's tasks written so far, or `failed` with the error in `detail` (the evaluation jobs are not ledger
+runs; their results and failures are read from the run directory).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from meshctl.orchestrate.markers import read_cancelled, read_failure
+from meshctl.orchestrate.markers import EVAL_FAILURE, read_cancelled, read_failure
 from meshctl.orchestrate.ledger import Ledger, RunRow, Submission
 
 ACTIVE = ("submitting", "pending", "running", "requeued")
@@ -50,6 +54,7 @@ class RunStatus:
     executor: str | None = None
     detail: str | None = None
     log_tail: list[str] = field(default_factory=list)
+    evals: str | None = None  # the sweep's evaluation plan: documents written / tasks, or "failed"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -216,14 +221,31 @@ def observe(ledger: Ledger, sweep: str | None = None, record: bool = True) -> li
     subs = ledger.latest_submissions(r.run_id for r in rows)
     sched = scheduler_states([s for r in rows if (s := subs.get(r.run_id)) is not None
                               and not (r.run_dir / "final.json").exists()])
+    plan = (ledger.sweep_spec(sweep) or {}).get("eval") if sweep is not None else None
     statuses = []
     for row in rows:
         sub = subs.get(row.run_id)
         scheduler = sched.get(sub.job_id) if sub is not None else None
-        statuses.append(derive(row, sub, scheduler, row.live_claim))
+        status = derive(row, sub, scheduler, row.live_claim)
+        if plan and status.state == "completed":
+            add_evaluations(status, row.run_dir, plan)
+        statuses.append(status)
     if record:
         ledger.set_states({s.run_id: s.state for s in statuses})
     return statuses
+
+
+def add_evaluations(status: RunStatus, run_dir: Path, plan: dict[str, Any]) -> None:
+    """Progress of a completed run's evaluation plan (the sweep's `eval:`): documents / tasks, or failed."""
+    from meshctl.analysis.evaluation import expand_tasks, result_path
+
+    tasks = expand_tasks(plan.get("tasks"))
+    done = sum(result_path(run_dir, task, int(plan.get("num_fewshot") or 0), None).exists() for task in tasks)
+    status.evals = f"{done}/{len(tasks)}"
+    failure = read_failure(run_dir, EVAL_FAILURE)
+    if failure is not None and done < len(tasks):
+        status.evals, status.detail = "failed", f"evaluation: {failure['class']}: {failure['message']}"
+        status.log_tail = failure.get("traceback", [])[-5:]
 
 
 def counts(statuses: list[RunStatus]) -> dict[str, int]:

@@ -133,3 +133,6 @@ def test_runs_are_evaluated_after_training_when_the_spec_asks(tmp_path, prepared
     for task in ("meshctl_cloze", "meshctl_cloze_mc", "meshctl_bpb"):
         doc = json.loads((run_dir / "eval" / f"{task}.json").read_text())
         assert doc["task"] == task and doc["limit"] == 8 and doc["primary"] is not None
+    assert [r["evals"] for r in status_doc(results)["runs"]] == ["3/3"]  # the plan's progress, per run
+    table = meshctl("status", "mini", results=results)
+    assert table.returncode == 0 and "evals" in table.stdout and "3/3" in table.stdout
