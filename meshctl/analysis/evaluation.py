@@ -95,6 +95,21 @@ def _hub_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+def check_task_names(names: list[str], where: str = "--tasks") -> None:
+    """Refuse task names lm-eval does not know (meshctl's offline tasks and the paper's are known without
+    asking it; other names cost one index of lm-eval's task files)."""
+    others = [t for t in names if t not in OFFLINE_TASKS and t not in PAPER_METRICS]
+    if not others:
+        return
+    require_lm_eval()
+    from lm_eval.tasks import TaskManager
+
+    known = TaskManager().all_tasks
+    unknown = [t for t in others if t not in known]
+    if unknown:
+        raise BadInput(f"{where}: unknown task {unknown[0]!r}; use paper, offline, meshctl_* or an lm-eval task name")
+
+
 def require_lm_eval() -> str:
     try:
         import lm_eval

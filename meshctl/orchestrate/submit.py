@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from meshctl.errors import BadInput
+from meshctl.errors import BadInput, MeshctlError
 from meshctl.orchestrate.ledger import Ledger, Submission
 from meshctl.orchestrate.status import ACTIVE, observe
 from meshctl.specs.sweep import PlannedRun, SweepSpec, expand, sweep_hash
@@ -59,6 +59,20 @@ def check_data(planned: list[PlannedRun]) -> None:
             )
 
 
+def check_eval(sweep: SweepSpec) -> None:
+    """Refuse before submitting an evaluation plan that could only fail after every run has trained:
+    lm-eval missing, or a task name it does not know."""
+    if sweep.eval is None:
+        return
+    from meshctl.analysis.evaluation import check_task_names, expand_tasks, require_lm_eval
+
+    try:
+        require_lm_eval()
+    except MeshctlError as exc:
+        raise BadInput(f"eval: {exc}") from None
+    check_task_names(expand_tasks(sweep.eval.tasks), where="eval.tasks")
+
+
 def wants_submission(state: str, live_claim: bool, retry_failed: bool, force: bool) -> bool:
     if live_claim or state in ACTIVE:
         return False  # never duplicate a run in flight
@@ -75,6 +89,7 @@ def submit_sweep(
 ) -> SubmitReport:
     planned = expand(sweep, source)
     check_data(planned)
+    check_eval(sweep)
     kind = executor or sweep.executor.kind
     results_dir = Path(results_dir).absolute()
     by_id = {p.run_id: p for p in planned}

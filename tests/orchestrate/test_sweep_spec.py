@@ -80,9 +80,11 @@ def bad(spec, path, value):
         (lambda s: bad(s, ["train", "tokens"], 700), "not a multiple of the global batch"),
         (lambda s: bad(s, ["seeds"], [0, 0]), "duplicates the run"),
         (lambda s: bad(s, ["executor", "resources"], {}), "resources.timeout_min"),
+        # an evaluation plan that could only fail after every run trained: refused before submitting
+        (lambda s: bad(s, ["eval"], {"tasks": ["offline", "hellaswg"]}), "eval.tasks: unknown task 'hellaswg'"),
     ],
     ids=["unknown-key", "unknown-preset", "unknown-recurrence", "unmatched-depth", "lr", "tokens", "duplicate",
-         "no-timeout"],
+         "no-timeout", "unknown-eval-task"],
 )
 def test_bad_specs_are_refused_naming_the_field(tmp_path, prepared_demo, mutate, expected) -> None:
     assert expected in _refusal(tmp_path, mutate(tiny_sweep(prepared_demo)))
