@@ -102,12 +102,12 @@ def _intro(report: Report) -> list[str]:
     lines = [coverage_line(report.summary.coverage)]
     if report.summary.varying:
         lines.append("Variants differ in: " + ", ".join(report.summary.varying) + " (from the run specs).")
-    if any(_on_subset(table) for table in report.summary.tables):
+    if any(_has_subset_cells(table) for table in report.summary.tables):
         lines.append(SUBSET_NOTE)
     return lines
 
 
-def _on_subset(table: GroupTable) -> bool:
+def _has_subset_cells(table: GroupTable) -> bool:
     return any(SUBSET_MARK in cell.text for row in table.rows for cell in row.cells.values())
 
 
@@ -166,7 +166,7 @@ def to_latex(report: Report) -> str:
         out += ["\\bottomrule", "\\end{tabular}",
                 f"\\caption{{{latex_escape(report.sweep)}, scale {latex_escape(table.group)}. "
                 f"{latex_escape(coverage_line(report.summary.coverage))}"
-                + (f" {latex_escape(SUBSET_NOTE)}" if _on_subset(table) else "") + "}",
+                + (f" {latex_escape(SUBSET_NOTE)}" if _has_subset_cells(table) else "") + "}",
                 f"\\label{{tab:{_label(report.sweep)}-{_label(table.group)}}}", "\\end{table}", ""]
     out.append(f"% {latex_escape(_footer(report.provenance))}")
     return "\n".join(out) + "\n"

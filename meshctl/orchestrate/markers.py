@@ -1,8 +1,8 @@
 """Files the orchestrator leaves in a run directory beside the training's own (spec.json, final.json):
 
     failure.json       the training raised: class, message, traceback tail, time (read by `status`)
-    eval_failure.json  the sweep's evaluation of the trained run raised (same record; removed when an
-                       evaluation of it succeeds)
+    eval_failure.json  the sweep's evaluation of the trained run raised (same record; counts while the
+                       plan's documents are incomplete; removed when an evaluation succeeds or on resubmit)
     cancelled.json     `meshctl cancel` stopped it: time; local jobs leave no scheduler record to say so
 
 A marker counts only if it is newer than the run's latest submission, so a resubmitted run starts clean.
