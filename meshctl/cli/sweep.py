@@ -195,22 +195,21 @@ def _print_status(sweep_name: str | None, statuses: list[Any]) -> None:
 
 
 def _wait(sweep_name: str, results_dir: Path, format: Format) -> None:
-    """A live table in a terminal; in a log (CI, nohup) one progress line every 30 s, then the table."""
+    """A live table in a terminal; in a log (CI, nohup) one progress line every 30 s, then the table.
+    Waits for the sweep's evaluations too, where it has an evaluation plan."""
     from rich.live import Live
-
-    from meshctl.orchestrate.status import ACTIVE
 
     out = console(stderr=format == Format.json)
     statuses = _observe(sweep_name, results_dir)
     if out.is_terminal:
         with Live(_status_renderable(sweep_name, statuses), refresh_per_second=1, console=out) as live:
-            while any(s.state in ACTIVE for s in statuses):
+            while _in_flight(statuses):
                 time.sleep(3)
                 statuses = _observe(sweep_name, results_dir)
                 live.update(_status_renderable(sweep_name, statuses))
     else:
         last = 0.0
-        while any(s.state in ACTIVE for s in statuses):
+        while _in_flight(statuses):
             if time.monotonic() - last >= 30:
                 out.print(f"{time.strftime('%H:%M:%S')} {sweep_name}: {_progress_line(statuses)}")
                 last = time.monotonic()
@@ -219,8 +218,14 @@ def _wait(sweep_name: str, results_dir: Path, format: Format) -> None:
         out.print(_status_renderable(sweep_name, statuses))
     if format == Format.json:
         print_json(_status_document(sweep_name, statuses))
-    if any(s.state != "completed" for s in statuses):
+    if any(s.state != "completed" or s.evals == "failed" for s in statuses):
         raise typer.Exit(1)
+
+
+def _in_flight(statuses: list[Any]) -> bool:
+    from meshctl.orchestrate.status import ACTIVE
+
+    return any(s.state in ACTIVE or s.evaluating for s in statuses)
 
 
 def _progress_line(statuses: list[Any]) -> str:
@@ -229,7 +234,9 @@ def _progress_line(statuses: list[Any]) -> str:
     done = sum((s.step or 0) for s in statuses)
     total = sum((s.total_steps or 0) for s in statuses)
     states = ", ".join(f"{v} {k}" for k, v in counts(statuses).items())
-    return f"{states}; steps {done}/{total} ({100 * done / max(total, 1):.0f}%)"
+    evaluating = sum(s.evaluating for s in statuses)
+    return f"{states}; steps {done}/{total} ({100 * done / max(total, 1):.0f}%)" + (
+        f"; {evaluating} evaluating" if evaluating else "")
 
 
 def _count_states(states: dict[str, str]) -> str:

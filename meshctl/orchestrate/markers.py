@@ -3,6 +3,8 @@
     failure.json       the training raised: class, message, traceback tail, time (read by `status`)
     eval_failure.json  the sweep's evaluation of the trained run raised (same record; counts while the
                        plan's documents are incomplete; removed when an evaluation succeeds or on resubmit)
+    eval_job.json      the SLURM job that evaluates the run after training: job id, time (a local lane
+                       evaluates in the run's own job)
     cancelled.json     `meshctl cancel` stopped it: time; local jobs leave no scheduler record to say so
 
 A marker counts only if it is newer than the run's latest submission, so a resubmitted run starts clean.
@@ -16,7 +18,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-FAILURE, EVAL_FAILURE, CANCELLED = "failure.json", "eval_failure.json", "cancelled.json"
+FAILURE, EVAL_FAILURE, EVAL_JOB, CANCELLED = "failure.json", "eval_failure.json", "eval_job.json", "cancelled.json"
 
 
 def write_failure(run_dir: Path, exc: BaseException, name: str = FAILURE) -> None:
@@ -44,8 +46,17 @@ def read_cancelled(run_dir: Path) -> float | None:
     return float(record["at"]) if record and "at" in record else None
 
 
+def write_eval_job(run_dir: Path, job_id: str) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / EVAL_JOB).write_text(json.dumps({"job_id": job_id, "at": time.time()}) + "\n")
+
+
+def read_eval_job(run_dir: Path) -> dict[str, Any] | None:
+    return _read(run_dir / EVAL_JOB)
+
+
 def clear(run_dir: Path) -> None:
-    for name in (FAILURE, EVAL_FAILURE, CANCELLED):
+    for name in (FAILURE, EVAL_FAILURE, EVAL_JOB, CANCELLED):
         (run_dir / name).unlink(missing_ok=True)
 
 

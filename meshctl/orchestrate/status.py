@@ -9,8 +9,9 @@ cancelled, incomplete (the job is gone without final.json: killed, timed out; re
 resumes it from its checkpoint).
 
 A sweep with an `eval:` plan also reports each completed run's evaluations: `2/3` documents of the
-plan's tasks written so far, or `failed` with the error in `detail` (the evaluation jobs are not ledger
-runs; their results and failures are read from the run directory).
+plan's tasks written so far (`1/3 running`, `0/3 pending` while its job is alive: the run's own local
+lane, or the dependent SLURM job named in eval_job.json), or `failed` with the error in `detail`. The
+evaluation jobs are not ledger runs; their results and failures are read from the run directory.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from meshctl.orchestrate.markers import EVAL_FAILURE, read_cancelled, read_failure
+from meshctl.orchestrate.markers import EVAL_FAILURE, read_cancelled, read_eval_job, read_failure
 from meshctl.orchestrate.ledger import Ledger, RunRow, Submission
 
 ACTIVE = ("submitting", "pending", "running", "requeued")
@@ -55,6 +56,7 @@ class RunStatus:
     detail: str | None = None
     log_tail: list[str] = field(default_factory=list)
     evals: str | None = None  # the sweep's evaluation plan: documents written / tasks, or "failed"
+    evaluating: bool = False  # an evaluation job of this run is pending or running
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -221,31 +223,66 @@ def observe(ledger: Ledger, sweep: str | None = None, record: bool = True) -> li
     subs = ledger.latest_submissions(r.run_id for r in rows)
     sched = scheduler_states([s for r in rows if (s := subs.get(r.run_id)) is not None
                               and not (r.run_dir / "final.json").exists()])
-    plan = (ledger.sweep_spec(sweep) or {}).get("eval") if sweep is not None else None
     statuses = []
     for row in rows:
         sub = subs.get(row.run_id)
         scheduler = sched.get(sub.job_id) if sub is not None else None
-        status = derive(row, sub, scheduler, row.live_claim)
-        if plan and status.state == "completed":
-            add_evaluations(status, row.run_dir, plan)
-        statuses.append(status)
+        statuses.append(derive(row, sub, scheduler, row.live_claim))
+    plan = (ledger.sweep_spec(sweep) or {}).get("eval") if sweep is not None else None
+    if plan:
+        observe_evaluations(statuses, rows, subs, plan)
     if record:
         ledger.set_states({s.run_id: s.state for s in statuses})
     return statuses
 
 
-def add_evaluations(status: RunStatus, run_dir: Path, plan: dict[str, Any]) -> None:
-    """Progress of a completed run's evaluation plan (the sweep's `eval:`): documents / tasks, or failed."""
+def observe_evaluations(statuses: list[RunStatus], rows: list[RunRow], subs: dict[str, Submission],
+                        plan: dict[str, Any]) -> None:
+    """The evaluation plan's progress for every completed run, its unfinished jobs asked about at once."""
     from meshctl.analysis.evaluation import expand_tasks, result_path
 
     tasks = expand_tasks(plan.get("tasks"))
-    done = sum(result_path(run_dir, task, int(plan.get("num_fewshot") or 0), None).exists() for task in tasks)
-    status.evals = f"{done}/{len(tasks)}"
+    shots = int(plan.get("num_fewshot") or 0)
+    unfinished: dict[str, tuple[RunStatus, Path, Submission]] = {}
+    for status, row in zip(statuses, rows):
+        if status.state != "completed":
+            continue
+        done = sum(result_path(row.run_dir, task, shots, None).exists() for task in tasks)
+        status.evals = f"{done}/{len(tasks)}"
+        if done < len(tasks) and (job := evaluation_job(row.run_dir, subs.get(row.run_id))) is not None:
+            unfinished[row.run_id] = (status, row.run_dir, job)
+    states = scheduler_states([job for _, _, job in unfinished.values()])
+    for status, run_dir, job in unfinished.values():
+        add_evaluation_state(status, run_dir, job, states.get(job.job_id))
+
+
+def evaluation_job(run_dir: Path, sub: Submission | None) -> Submission | None:
+    """The job that evaluates a run: a local lane evaluates in the run's own job, SLURM in the dependent
+    job recorded at submission."""
+    if sub is None or sub.executor == "local":
+        return sub
+    record = read_eval_job(run_dir)
+    if record is None:
+        return None
+    return Submission(sub.run_id, sub.executor, str(record["job_id"]), None, sub.folder, float(record["at"]))
+
+
+def add_evaluation_state(status: RunStatus, run_dir: Path, job: Submission, scheduler: str | None) -> None:
+    """An unfinished plan: failed (the evaluation raised, or its job ended without all documents), or
+    pending / running while its job is."""
     failure = read_failure(run_dir, EVAL_FAILURE)
-    if failure is not None and done < len(tasks):
+    state = SCHEDULER_STATES.get((scheduler or "").split(" ")[0].upper().rstrip("+"))
+    if state is None and time.time() - job.submitted < 60:
+        state = "pending"  # not in the scheduler's records yet
+    if failure is not None:
         status.evals, status.detail = "failed", f"evaluation: {failure['class']}: {failure['message']}"
         status.log_tail = failure.get("traceback", [])[-5:]
+    elif state in ACTIVE:
+        status.evals += " pending" if state == "pending" else " running"
+        status.evaluating = True
+    else:
+        status.evals = "failed"
+        status.detail = f"evaluation job {job.job_id} ended ({scheduler or 'no scheduler record'}) without all results"
 
 
 def counts(statuses: list[RunStatus]) -> dict[str, int]:

@@ -177,6 +177,7 @@ def _submit_evaluations(folder: Path, folder_name: str, resources: Any, jobs: li
     each. They are not ledger runs: their results land in the run directories (`eval/*.json`)."""
     from meshctl.orchestrate.executors import make_executor
     from meshctl.orchestrate.jobs import EvalJob
+    from meshctl.orchestrate.markers import write_eval_job
 
     array_id = str(jobs[0].job_id).split("_")[0]
     eval_resources = resources.model_copy(update={
@@ -184,4 +185,6 @@ def _submit_evaluations(folder: Path, folder_name: str, resources: Any, jobs: li
         "extra": {**resources.extra, "dependency": f"aftercorr:{array_id}", "kill_on_invalid_dep": "yes"},
     })
     executor = make_executor("slurm", folder, eval_resources, name=f"meshctl-eval-{folder_name}")
-    executor.submit_array([EvalJob(str(run_dir_of(results_dir, r.run_id)), evaluation) for r in chunk])
+    run_dirs = [run_dir_of(results_dir, r.run_id) for r in chunk]
+    for run_dir, job in zip(run_dirs, executor.submit_array([EvalJob(str(d), evaluation) for d in run_dirs])):
+        write_eval_job(run_dir, str(job.job_id))  # for status and --wait

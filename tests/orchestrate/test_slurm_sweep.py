@@ -110,8 +110,8 @@ def test_evaluations_run_as_dependent_jobs_after_training(tmp_path, prepared_dem
     out = meshctl("sweep", str(path), "--wait", "--format", "json", results=results, timeout=900)
     assert out.returncode == 0, out.stderr
     runs = json.loads(out.stdout)["runs"]
+    assert [run["evals"] for run in runs] == ["3/3"] * len(runs)  # --wait waited for the dependent jobs too
     for run in runs:
         result = results / "runs" / run["run_id"] / "eval" / "meshctl_bpb.json"
-        wait_for(result.exists, timeout=300)
         doc = json.loads(result.read_text())
         assert doc["checkpoint_step"] == run["total_steps"]  # evaluated the trained model, not a partial one
