@@ -274,7 +274,7 @@ def add_evaluation_state(status: RunStatus, run_dir: Path, job: Submission, sche
     state = SCHEDULER_STATES.get((scheduler or "").split(" ")[0].upper().rstrip("+"))
     if state is None and time.time() - job.submitted < 60:
         state = "pending"  # not in the scheduler's records yet
-    if failure is not None:
+    if failure is not None and failure.get("at", 0) >= job.submitted:  # not one left by an earlier job
         status.evals, status.detail = "failed", f"evaluation: {failure['class']}: {failure['message']}"
         status.log_tail = failure.get("traceback", [])[-5:]
     elif state in ACTIVE:

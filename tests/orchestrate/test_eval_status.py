@@ -62,6 +62,9 @@ def test_a_failed_evaluation_shows_with_its_error_until_the_plan_is_done(tmp_pat
     status = observed(tmp_path)
     assert status.evals == "failed" and status.detail == "evaluation: ValueError: no such task"
     assert status.log_tail and status.state == "completed"  # the training itself stands
+    running = RunStatus(run_id="r", state="completed", labels={}, run_dir=str(tmp_path), evals="0/3")
+    add_evaluation_state(running, tmp_path, lane(tmp_path, submitted=time.time() + 1), "RUNNING")
+    assert running.evals == "0/3 running"  # the marker is older than this evaluation's job
     write_documents(tmp_path, *TASKS)
     assert observed(tmp_path).evals == "3/3"
     write_eval_job(tmp_path, "123_4")
