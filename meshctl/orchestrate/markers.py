@@ -1,8 +1,8 @@
 """Files the orchestrator leaves in a run directory beside the training's own (spec.json, final.json):
 
     failure.json       the training raised: class, message, traceback tail, time (read by `status`)
-    eval_failure.json  the sweep's evaluation of the trained run raised (same record; counts while the
-                       plan's documents are incomplete; removed when an evaluation succeeds or on resubmit)
+    eval_failure.json  the sweep's evaluation of the trained run raised (same record; counts if newer than
+                       the evaluation's job; removed when an evaluation succeeds or on resubmit)
     eval_job.json      the SLURM job that evaluates the run after training: job id, time (a local lane
                        evaluates in the run's own job)
     cancelled.json     `meshctl cancel` stopped it: time; local jobs leave no scheduler record to say so

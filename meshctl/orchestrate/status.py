@@ -36,6 +36,7 @@ SCHEDULER_STATES = {
     "BOOT_FAIL": "failed", "DEADLINE": "incomplete", "TIMEOUT": "incomplete", "COMPLETED": "ended",
 }
 TAIL_BYTES = 64 * 1024
+NO_RECORD_GRACE_S = 60  # a job just submitted may not be in the scheduler's records yet
 
 
 @dataclass
@@ -180,7 +181,7 @@ def derive(row: RunRow, sub: Submission | None, scheduler: str | None, live_clai
         return status
     failure = read_failure(run_dir)
     cancelled_at = read_cancelled(run_dir)
-    state = SCHEDULER_STATES.get((scheduler or "").split(" ")[0].upper().rstrip("+"), None)
+    state = scheduler_state(scheduler)
     if sub is None:
         status.state = "submitting" if live_claim else "new"
     elif cancelled_at is not None and cancelled_at >= sub.submitted:
@@ -189,7 +190,7 @@ def derive(row: RunRow, sub: Submission | None, scheduler: str | None, live_clai
         status.state, status.detail = "failed", f"{failure['class']}: {failure['message']}"
         status.log_tail = failure.get("traceback", [])[-5:]
     elif state is None:
-        status.state = "pending" if time.time() - sub.submitted < 60 else "incomplete"
+        status.state = "pending" if time.time() - sub.submitted < NO_RECORD_GRACE_S else "incomplete"
         status.detail = f"scheduler has no record of job {sub.job_id}" if scheduler is None else None
     elif state == "ended":  # the job finished but this run has no final.json
         status.state, status.detail = "failed", f"job {sub.job_id} ended without final.json"
@@ -204,6 +205,11 @@ def derive(row: RunRow, sub: Submission | None, scheduler: str | None, live_clai
         tokens_left = (status.total_steps - status.step) * _tokens_per_step(row.spec)
         status.eta_s = tokens_left / status.tokens_per_s
     return status
+
+
+def scheduler_state(scheduler: str | None) -> str | None:
+    """A scheduler's word (`CANCELLED by 0`, `RUNNING`, `COMPLETED+`) as a run state; None if unknown."""
+    return SCHEDULER_STATES.get((scheduler or "").split(" ")[0].upper().rstrip("+"))
 
 
 def _tokens_per_step(spec: dict[str, Any]) -> int:
@@ -271,9 +277,9 @@ def add_evaluation_state(status: RunStatus, run_dir: Path, job: Submission, sche
     """An unfinished plan: failed (the evaluation raised, or its job ended without all documents), or
     pending / running while its job is."""
     failure = read_failure(run_dir, EVAL_FAILURE)
-    state = SCHEDULER_STATES.get((scheduler or "").split(" ")[0].upper().rstrip("+"))
-    if state is None and time.time() - job.submitted < 60:
-        state = "pending"  # not in the scheduler's records yet
+    state = scheduler_state(scheduler)
+    if state is None and time.time() - job.submitted < NO_RECORD_GRACE_S:
+        state = "pending"
     if failure is not None and failure.get("at", 0) >= job.submitted:  # not one left by an earlier job
         status.evals, status.detail = "failed", f"evaluation: {failure['class']}: {failure['message']}"
         status.log_tail = failure.get("traceback", [])[-5:]

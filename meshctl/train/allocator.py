@@ -4,9 +4,9 @@ A training step allocates and frees the same large activations every step. By de
 blocks over its mmap threshold (128 KiB, rising to at most 32 MiB) from fresh mappings and unmaps them
 on free, so every step page-faults its activations and gradients in again and the kernel zero-fills
 each page: on 2 CPU threads keeping them makes a step 1.08x faster for a tiny model and 1.20x for
-pythia-160m (benchmarks/allocator.py). Serving everything from
-the heap and trimming only above 1 GiB of free space keeps those pages; the process's resident size
-then stays at its peak, which a training job reaches every step anyway.
+pythia-160m (benchmarks/allocator.py). Serving everything from the heap and trimming only above 1 GiB
+of free space keeps those pages; the process's resident size then stays at its peak, which a training
+job reaches every step anyway.
 """
 
 from __future__ import annotations
