@@ -17,6 +17,10 @@ SCALES: dict[str, ModelSpec] = {
     "pythia-410m": ModelSpec(n_layer=24, n_embd=1024, n_head=16),
     "pythia-1b": ModelSpec(n_layer=16, n_embd=2048, n_head=8),
     "pythia-1.4b": ModelSpec(n_layer=24, n_embd=2048, n_head=16),
+    # The paper's v2 scales; v2's recursive layer configs are not known, so no PAPER_VARIANTS for them.
+    "pythia-2.8b": ModelSpec(n_layer=32, n_embd=2560, n_head=32),
+    # Pythia-6.9B trained with 2-way model parallelism, which pads the vocab to a multiple of 256 (HF: 50432).
+    "pythia-6.9b": ModelSpec(n_layer=32, n_embd=4096, n_head=32, padding_multiple=256),
     # CPU scales for the demo and the tests: a trained 8k byte-level BPE keeps the head small.
     "tiny-64": ModelSpec(n_layer=4, n_embd=64, n_head=2, vocab_size=8192, block_size=1024),
     "tiny-128": ModelSpec(n_layer=4, n_embd=128, n_head=4, vocab_size=8192, block_size=1024),

@@ -7,6 +7,8 @@ Sources (shared/reference/mesh-paper.md §3, pythia-data-flops.md §4.2):
 - The paper does not give the 70M/410M/1B learning rates; these are Pythia's (gpt-neox configs/pythia):
   70m 1e-3, 410m 3e-4, 1b 2.5e-4. Pythia-1B's config and gpt-neox's both say 2.5e-4 while the Pythia
   README table says 3e-4; the config is what ran, so 2.5e-4 it is.
+- The paper's v2 adds 2.8B and 6.9B without their recipe: Pythia's, 2.8b 1.6e-4 and 6.9b 1.2e-4
+  (min_lr 0.1x as everywhere here), with the paper's batch, sequence length and token budget.
 - Micro-batches are not in the paper (DeepSpeed ZeRO-0, hardware not stated): the values below are a
   starting point for an 80 GB GPU in bf16 at seq 4096; gradient accumulation makes up the global batch.
 
@@ -65,6 +67,8 @@ HPARAMS: dict[str, ScaleHparams] = {
     "pythia-410m": _paper(3.0e-4, micro_batch=8),
     "pythia-1b": _paper(2.5e-4, micro_batch=4),  # Pythia README says 3e-4; its config says 2.5e-4
     "pythia-1.4b": _paper(2.0e-4, micro_batch=4),
+    "pythia-2.8b": _paper(1.6e-4, micro_batch=2),
+    "pythia-6.9b": _paper(1.2e-4, micro_batch=1),  # its AdamW states alone exceed 80 GB: strategy fsdp
     "tiny-64": _cpu(3.0e-3),
     "tiny-128": _cpu(2.0e-3),
     "tiny-256": _cpu(1.0e-3),

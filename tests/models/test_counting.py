@@ -60,3 +60,19 @@ def test_flop_formulas_match_reference_values() -> None:
     assert flops_per_token(base, 2048, "palm") == flops_per_token(get_preset("pythia-410m"), 2048, "palm")
     with pytest.raises(ValueError, match="unknown FLOP formula"):
         flops_per_token(spec, 2048, "9N")
+
+
+@pytest.mark.parametrize("name,total", [("pythia-160m", 162_322_944), ("pythia-1.4b", 1_414_647_808),
+                                        ("pythia-2.8b", 2_775_208_960), ("pythia-6.9b", 6_857_302_016)])
+def test_pythia_totals_equal_transformers_gptneox(name: str, total: int) -> None:
+    transformers = pytest.importorskip("transformers")
+    spec = get_preset(name)
+    config = transformers.GPTNeoXConfig(
+        vocab_size=spec.padded_vocab_size, hidden_size=spec.n_embd, num_hidden_layers=spec.n_layer,
+        num_attention_heads=spec.n_head, intermediate_size=4 * spec.n_embd, rotary_pct=spec.rotary_pct,
+        use_parallel_residual=True, tie_word_embeddings=False,
+    )
+    with torch.device("meta"):  # shapes only: 6.9B parameters cost no memory
+        hf = transformers.GPTNeoXForCausalLM(config)
+    assert sum(p.numel() for p in hf.parameters()) == count_params(spec).total == total
+    assert spec.padded_vocab_size == (50432 if name == "pythia-6.9b" else 50304)  # HF's configs
