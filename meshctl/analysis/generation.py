@@ -175,7 +175,8 @@ def generate(model: nn.Module, prompts: Sequence[Sequence[int]], max_new_tokens:
     """New tokens for each prompt (a stop token ends a row and is not returned).
 
     Prompts are cut from the left to leave room for `max_new_tokens` within the model's block_size. Only
-    ids below `vocab_size` (default: the spec's, i.e. the tokenizer's) are ever produced. With the cache,
+    ids below `vocab_size` are ever produced: pass the tokenizer's size with its added tokens (50,277 for
+    GPT-NeoX-20B, above the spec's base 50,254); the default is every row of the padded embedding. With the cache,
     the prompts run as one left-padded batch, then one token per step; without it, every step is a full
     `model(ids)` forward per prompt (the reference the cache is checked against)."""
     spec = model.spec
@@ -185,7 +186,9 @@ def generate(model: nn.Module, prompts: Sequence[Sequence[int]], max_new_tokens:
         raise ValueError(f"max_new_tokens {max_new_tokens} must be below the model's block_size {spec.block_size}")
     if any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
-    vocab = vocab_size or spec.vocab_size
+    vocab = vocab_size or spec.padded_vocab_size
+    if vocab > spec.padded_vocab_size:
+        raise ValueError(f"vocab_size {vocab} exceeds the model's embedding of {spec.padded_vocab_size} rows")
     keep = spec.block_size - max_new_tokens
     prompts = [list(p)[-keep:] for p in prompts]
     device = next(model.parameters()).device

@@ -155,7 +155,8 @@ class MeshctlLM(TemplateLM):
                 rows = members[b : b + self.batch_size]
                 prompts = [self.tok_encode(requests[i].args[0]) or [self._eod] for i in rows]
                 new = generate(self.model, prompts, max_new, temperature=temperature, n_loop=self.n_loop,
-                               stop_ids=[self._eod], generator=self.generator if temperature > 0 else None)
+                               stop_ids=[self._eod], vocab_size=self.hf_tokenizer.get_vocab_size(with_added_tokens=True),
+                               generator=self.generator if temperature > 0 else None)
                 for i, tokens in zip(rows, new):
                     text = self.tok_decode(tokens)
                     for stop in until:

@@ -156,6 +156,19 @@ class ModelSpec(BaseModel):
     def padded_vocab_size(self) -> int:
         return math.ceil(self.vocab_size / self.padding_multiple) * self.padding_multiple
 
+    def embedding_mismatch(self, tokenizer_vocab: int) -> str | None:
+        """Why a tokenizer with ids [0, tokenizer_vocab) cannot train this model, or None when the embedding
+        (padded_vocab_size rows) covers every id. GPT-NeoX-20B's 50,277 ids fit Pythia's 50,304 rows although
+        its base vocabulary (vocab_size) is 50,254."""
+        rows = self.padded_vocab_size
+        if tokenizer_vocab <= rows:
+            return None
+        return (
+            f"the tokenizer's {tokenizer_vocab:,} token ids exceed the model's embedding of {rows:,} rows "
+            f"(model.vocab_size {self.vocab_size} padded to a multiple of {self.padding_multiple}): set "
+            f"model.vocab_size >= {tokenizer_vocab} or use a tokenizer of at most {rows:,} ids (bpe: --vocab-size {rows})"
+        )
+
     @property
     def shares_core(self) -> bool:
         return self.family == "recursive"

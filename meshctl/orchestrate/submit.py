@@ -51,12 +51,9 @@ def check_data(planned: list[PlannedRun]) -> None:
                 checked[path] = load_manifest(path).tokenizer.vocab_size
             except BadInput as exc:
                 raise BadInput(f"data.path: {exc}; prepare it with `meshctl data prepare ... --out {path}`") from None
-        vocab, model_vocab = checked[path], run.spec.model_spec().vocab_size
-        if vocab > model_vocab:
-            raise BadInput(
-                f"{run.where}: tokenizer of {path} has {vocab} tokens but the model's vocab_size is {model_vocab}; "
-                "use a preset with a larger vocabulary or prepare the data with --vocab-size <= that"
-            )
+        mismatch = run.spec.model_spec().embedding_mismatch(checked[path])
+        if mismatch:
+            raise BadInput(f"{run.where}: data.path {path}: {mismatch}")
 
 
 def check_eval(sweep: SweepSpec) -> None:

@@ -59,12 +59,9 @@ def preflight(spec: RunSpec) -> None:
 
     d, t = spec.data, spec.train
     train = manifest("data.path", d.path, d.split)
-    vocab = train.tokenizer.vocab_size
-    if vocab > model.vocab_size:
-        raise BadInput(
-            f"data.path: the tokenizer's vocab_size {vocab} exceeds model.vocab_size {model.vocab_size}: "
-            f"use a model with vocab_size >= {vocab} or prepare the data with --vocab-size <= {model.vocab_size}"
-        )
+    mismatch = model.embedding_mismatch(train.tokenizer.vocab_size)
+    if mismatch:
+        raise BadInput(f"data.path: {mismatch}")
     for name, e in (d.eval_sets or {}).items():
         m = manifest(f"data.eval_sets.{name}.path", e.path, e.split)  # type: ignore[arg-type]
         if m.tokenizer.sha256 != train.tokenizer.sha256:

@@ -84,7 +84,7 @@ def test_sampling_is_seeded_and_stays_in_the_tokenizer_vocab() -> None:
 
     def sample(seed: int, **kw) -> list[list[int]]:
         g = torch.Generator().manual_seed(seed)
-        return generate(model, [[1, 2, 3], [4]], 30, temperature=1.5, generator=g, **kw)
+        return generate(model, [[1, 2, 3], [4]], 30, temperature=1.5, generator=g, vocab_size=300, **kw)
 
     assert sample(0) == sample(0) != sample(1)
     assert all(0 <= t < 300 for row in sample(2) for t in row)
@@ -98,3 +98,22 @@ def test_stop_tokens_end_rows_and_long_prompts_are_cut_from_the_left() -> None:
     assert stopped == free[: free.index(free[3])]
     long = list(range(1, 200))  # block_size 96
     assert generate(model, [long], 6) == generate(model, [long[-90:]], 6) == generate(model, [long], 6, use_cache=False)
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_sampling_reaches_every_tokenizer_id_above_the_base_vocabulary(use_cache) -> None:
+    """A Pythia-vocabulary model (base 50,254, 50,304 rows) can emit GPT-NeoX's added ids up to 50,276,
+    and never a padding row when given the tokenizer's size."""
+    model = build({"n_layer": 1, "n_embd": 64, "n_head": 4, "block_size": 32}, seed=0).eval()
+    assert model.spec.vocab_size == 50254 and model.spec.padded_vocab_size == 50304
+    with torch.no_grad():  # the head sees a constant state and scores one added id and one padding row highest
+        model.final_layer_norm.weight.zero_()
+        model.final_layer_norm.bias.fill_(1.0)
+        model.embed_out.weight.zero_()
+        model.embed_out.weight[50276] = 1.0
+        model.embed_out.weight[50290] = 2.0
+    kw = {"use_cache": use_cache}
+    assert generate(model, [[5, 6]], 3, vocab_size=50277, **kw) == [[50276] * 3]
+    assert generate(model, [[5, 6]], 2, **kw) == [[50290] * 2]  # default: every embedding row
+    with pytest.raises(ValueError, match="exceeds the model's embedding of 50304 rows"):
+        generate(model, [[5]], 1, vocab_size=50305, **kw)

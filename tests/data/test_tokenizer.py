@@ -44,3 +44,23 @@ def test_neox_tokenizer():
     tok = load_tokenizer(tokenizer_file("neox"))
     assert vocab_size(tok) == 50277 and eod_token_id(tok) == 0
     assert tok.encode("Hello world!").ids == [12092, 1533, 2]  # Pythia's ids
+
+
+def test_neox_ids_fit_the_padded_embedding_of_every_pythia_preset(demo_documents):
+    """GPT-NeoX-20B has 50,277 ids (base 50,254 + 25 added): Pythia's 50,304 embedding rows hold them all."""
+    from meshctl.models.presets import SCALES
+    from meshctl.models.spec import ModelSpec
+
+    tok = load_tokenizer(tokenizer_file("neox"))
+    ids = [i for enc in tok.encode_batch(demo_documents[:50], add_special_tokens=False) for i in enc.ids]
+    assert len(ids) > 5_000 and max(ids) < vocab_size(tok) == 50277
+    assert tok.encode("a\n    b", add_special_tokens=False).ids[2] == 50274  # an added whitespace-run token
+    pythia = [spec for name, spec in SCALES.items() if name.startswith("pythia-")]
+    assert len(pythia) >= 5 and all(s.embedding_mismatch(50277) is None for s in pythia)
+    assert SCALES["pythia-160m"].padded_vocab_size == 50304
+    small = ModelSpec(n_layer=2, n_embd=64, n_head=2, vocab_size=50100)  # 50,176 rows
+    assert small.embedding_mismatch(50277) == (
+        "the tokenizer's 50,277 token ids exceed the model's embedding of 50,176 rows (model.vocab_size 50100 "
+        "padded to a multiple of 128): set model.vocab_size >= 50277 or use a tokenizer of at most 50,176 ids "
+        "(bpe: --vocab-size 50176)"
+    )

@@ -149,7 +149,8 @@ def test_bad_inputs_are_refused_with_one_line(prepared_demo, small_spec, tmp_pat
 
     vocab = load_manifest(prepared_demo).tokenizer.vocab_size
     too_small = write("vocab.yaml", small_spec({"preset": "tiny-64", "vocab_size": vocab // 2}))
-    _refused(_cli(args(too_small)), f"vocab_size {vocab}", f"model.vocab_size {vocab // 2}", "--vocab-size")
+    _refused(_cli(args(too_small)), f"{vocab:,} token ids exceed the model's embedding of {vocab // 2:,} rows",
+             f"model.vocab_size >= {vocab}", "--vocab-size")
 
     missing = small_spec()
     missing["data"]["path"] = str(tmp_path / "no-such-data")
