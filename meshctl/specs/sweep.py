@@ -1,9 +1,11 @@
 """Sweep specs: a YAML study (scale groups x variants x seeds) expanded into validated runs.
 
-A scale group compares models at matched compute: its vanilla reference preset fixes width, vocabulary
-and depth, and every variant must unroll to the same depth (the `n_layer` the variant inherits from the
-reference is checked by `ModelSpec`) unless the group says `matched_compute: false`. Everything is
-checked before anything is submitted; errors name the YAML path of the field and say how to fix it.
+A scale group compares models at matched compute: its vanilla reference fixes width, vocabulary and
+depth, and every variant must unroll to the same depth (the `n_layer` the variant inherits from the
+reference is checked by `ModelSpec`) unless the group says `matched_compute: false`. The reference is a
+preset name (`tiny-128`), a preset with changes (`{preset: tiny-128, n_layer: 6}`) or a full vanilla
+ModelSpec mapping; a variant is the reference's changes with its own on top. Everything is checked
+before anything is submitted; errors name the YAML path of the field and say how to fix it.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -19,6 +21,9 @@ from meshctl.errors import BadInput
 from meshctl.models.spec import Recurrence
 from meshctl.specs.hashing import digest, run_id
 from meshctl.specs.run import RunSpec, validation_message
+
+if TYPE_CHECKING:
+    from meshctl.models.spec import ModelSpec
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
@@ -43,21 +48,46 @@ class Group(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(..., pattern=NAME_PATTERN, description="group name, e.g. the scale (160m)")
-    vanilla: str = Field(..., description="preset of the vanilla reference, e.g. pythia-160m")
+    vanilla: str | dict[str, Any] = Field(
+        ..., description="the vanilla reference: a preset (pythia-160m), a preset with changes or a full spec")
     include_vanilla: bool = Field(True, description="also train the vanilla reference")
     matched_compute: bool = Field(True, description="variants must unroll to the reference's depth")
     variants: list[Variant] = Field(default_factory=list, description="recursive / MeSH variants")
     train: dict[str, Any] = Field(default_factory=dict, description="training overrides for this scale (lr, batch)")
     resources: dict[str, Any] = Field(default_factory=dict, description="executor resource overrides")
 
-    @field_validator("vanilla")
+    @field_validator("vanilla", mode="before")
     @classmethod
-    def _known_vanilla(cls, value: str) -> str:
-        from meshctl.models.presets import get_preset
-
-        if get_preset(value).family != "vanilla":
-            raise ValueError(f"{value!r} is not a vanilla preset; name the scale's vanilla model (e.g. pythia-410m)")
+    def _known_vanilla(cls, value: Any) -> Any:
+        model = reference_model(value)
+        if model.family != "vanilla":
+            raise ValueError(f"the reference is a {model.family} model ({model.structure}) but must be vanilla: "
+                             "name a vanilla preset (e.g. pythia-410m) or drop family/structure and list the "
+                             "recursive model under variants")
         return value
+
+
+def reference_changes(vanilla: str | dict[str, Any]) -> dict[str, Any]:
+    """A group's reference as model changes: `{"preset": name}` for a name, else the mapping as written."""
+    return {"preset": vanilla} if isinstance(vanilla, str) else dict(vanilla)
+
+
+def reference_model(vanilla: Any) -> "ModelSpec":
+    """The resolved reference model of a group's `vanilla` (ValueError with a one-line message)."""
+    from meshctl.models.presets import resolve
+
+    if not isinstance(vanilla, (str, dict)):
+        raise ValueError("expected a preset name (tiny-128), a preset with changes ({preset: tiny-128, n_layer: 6}) "
+                         f"or a full model spec mapping, got {type(vanilla).__name__}")
+    try:
+        return resolve(reference_changes(vanilla))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err.get("loc", ()))
+        msg = err.get("msg", "invalid").removeprefix("Value error, ")
+        if err.get("type") == "extra_forbidden":
+            msg = "not a model field; remove it or check its spelling"
+        raise ValueError(f"{where}: {msg}" if where else msg) from None
 
 
 class ExecutorSpec(BaseModel):
@@ -142,12 +172,13 @@ def _merge(*layers: dict[str, Any]) -> dict[str, Any]:
 
 
 def _model_changes(group: Group, variant: Variant, recurrence: str, slots: int | None) -> dict[str, Any]:
-    changes: dict[str, Any] = {"preset": group.vanilla, "family": variant.family,
+    # the reference's changes under the variant's: it inherits width, vocabulary and depth
+    changes: dict[str, Any] = {**reference_changes(group.vanilla), "family": variant.family,
                                "structure": variant.structure, "recurrence": recurrence, **variant.model}
     if slots is not None:
         changes["mesh_slots"] = slots
-    if not group.matched_compute:
-        changes.setdefault("n_layer", None)
+    if not group.matched_compute and "n_layer" not in variant.model:
+        changes["n_layer"] = None  # the reference's depth is not checked
     return changes
 
 
@@ -185,7 +216,7 @@ def expand(sweep: SweepSpec, source: str = "sweep") -> list[PlannedRun]:
     for gi, group in enumerate(sweep.groups):
         cells: list[tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]] = []
         if group.include_vanilla:
-            cells.append((f"groups[{gi}].vanilla", {"preset": group.vanilla}, {},
+            cells.append((f"groups[{gi}].vanilla", reference_changes(group.vanilla), {},
                           {"variant": "vanilla", "family": "vanilla"}))
         for vi, variant in enumerate(group.variants):
             grid = itertools.product(_as_list(variant.recurrence), _as_list(variant.mesh_slots))

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 
-from meshctl.specs.sweep import expand, load_sweep
+from meshctl.specs.sweep import expand, load_sweep, parse_sweep
 from tests.orchestrate.helpers import meshctl, tiny_sweep, write_spec
 
 SHIPPED = {"pythia_scale": 24, "smoke": 8, "ablation_buffer": 4, "ablation_schemes": 9, "mesh_backbones": 4}
@@ -74,6 +75,10 @@ def bad(spec, path, value):
     [
         (lambda s: bad(s, ["groups", 0, "variants", 0, "recurrance"], "mesh"), "groups[0].variants[0].recurrance: unknown key"),
         (lambda s: bad(s, ["groups", 0, "vanilla"], "tiny-999"), "unknown preset 'tiny-999'"),
+        (lambda s: bad(s, ["groups", 0, "vanilla"], {"preset": "tiny-64", "structure": "1+1R2+1"}),
+         "groups[0].vanilla: the reference is a recursive model (1+1R2+1) but must be vanilla"),
+        (lambda s: bad(s, ["groups", 0, "vanilla"], {"preset": "tiny-64", "n_layr": 6}),
+         "groups[0].vanilla: n_layr: not a model field"),
         (lambda s: bad(s, ["groups", 0, "variants", 0, "recurrence"], ["base", "memory"]), "groups[0].variants[0].recurrence"),
         (lambda s: bad(s, ["groups", 0, "variants", 0, "structure"], "1+1R3+1"), "unrolls to 5 layers but n_layer is 4"),
         (lambda s: bad(s, ["groups", 0, "train"], {"lr": 0}), "train.lr"),
@@ -83,7 +88,7 @@ def bad(spec, path, value):
         # an evaluation plan that could only fail after every run trained: refused before submitting
         (lambda s: bad(s, ["eval"], {"tasks": ["offline", "hellaswg"]}), "eval.tasks: unknown task 'hellaswg'"),
     ],
-    ids=["unknown-key", "unknown-preset", "unknown-recurrence", "unmatched-depth", "lr", "tokens", "duplicate",
+    ids=["unknown-key", "unknown-preset", "recursive-reference", "reference-typo", "unknown-recurrence", "unmatched-depth", "lr", "tokens", "duplicate",
          "no-timeout", "unknown-eval-task"],
 )
 def test_bad_specs_are_refused_naming_the_field(tmp_path, prepared_demo, mutate, expected) -> None:
@@ -94,8 +99,6 @@ def test_unmatched_compute_is_allowed_when_the_group_says_so(prepared_demo) -> N
     spec = tiny_sweep(prepared_demo)
     spec["groups"][0]["matched_compute"] = False
     spec["groups"][0]["variants"][0]["structure"] = "1+1R3+1"
-    from meshctl.specs.sweep import parse_sweep
-
     assert {p.spec.model_spec().n_unrolled for p in expand(parse_sweep(spec))} == {4, 5}
 
 
@@ -105,3 +108,43 @@ def test_missing_data_and_yaml_errors(tmp_path, prepared_demo) -> None:
     path.write_text("name: x\nseeds: [0]\n\tgroups: []\ndata: {}\n")  # a tab on line 3
     out = meshctl("sweep", str(path), results=tmp_path / "results")
     assert out.returncode == 2 and "line 3" in out.stderr and out.stderr.count("\n") == 1
+
+
+def test_a_reference_with_changes_sets_the_groups_width_and_depth() -> None:
+    spec = tiny_sweep(Path("data/none"))
+    spec["groups"][0]["vanilla"] = {"preset": "tiny-128", "n_layer": 6}
+    spec["groups"][0]["variants"] = [{"structure": "1+2R2+1", "recurrence": ["base", "mesh"]},
+                                     {"structure": "1+1R2+1", "model": {"n_embd": 64, "n_head": 2, "n_layer": 4}}]
+    shapes = [(p.labels["variant"], m.n_embd, m.n_unrolled, m.vocab_size, m.family)
+              for p in expand(parse_sweep(spec)) for m in [p.spec.model_spec()]]
+    assert shapes == [("vanilla", 128, 6, 8192, "vanilla"), ("base", 128, 6, 8192, "recursive"),
+                      ("mesh", 128, 6, 8192, "recursive"), ("base", 64, 4, 8192, "recursive")]  # variant's changes win
+    full = {"n_embd": 96, "n_head": 4, "n_layer": 6, "vocab_size": 8192, "block_size": 1024}
+    spec["groups"][0]["vanilla"], spec["groups"][0]["variants"] = full, [{"structure": "2+2R2+0"}]
+    assert [p.spec.model_spec().n_embd for p in expand(parse_sweep(spec))] == [96, 96]
+    with pytest.raises(Exception, match="unrolls to 4 layers but n_layer is 6"):
+        spec["groups"][0]["variants"] = [{"structure": "1+1R2+1"}]
+        expand(parse_sweep(spec))
+    spec["groups"][0]["matched_compute"] = False  # the reference's depth no longer binds the variants
+    assert [p.spec.model_spec().n_unrolled for p in expand(parse_sweep(spec))] == [6, 4]
+
+
+def test_run_ids_of_preset_references_do_not_change() -> None:
+    """A preset name hashes exactly the run specs it did before references could be mappings: the preset
+    itself, and the preset with each variant's changes."""
+    from meshctl.specs.hashing import run_id
+    from meshctl.specs.run import RunSpec
+
+    sweep, raw = load_sweep("sweeps/smoke.yaml")
+    for planned in expand(sweep):
+        group = next(g for g in raw["groups"] if g["name"] == planned.labels["group"])
+        model = {"preset": group["vanilla"]}
+        if planned.labels["family"] != "vanilla":
+            model.update(family=planned.labels["family"], structure=planned.labels["structure"],
+                         recurrence=planned.labels["recurrence"])
+        train = {**raw["train"], **group.get("train", {})}
+        before = RunSpec.model_validate({"model": model, "data": raw["data"], "train": train,
+                                         "seed": planned.labels["seed"]}).resolved()
+        assert planned.run_id == run_id(before.model_dump(mode="json"))
+    as_mapping = {**raw, "groups": [{**g, "vanilla": {"preset": g["vanilla"]}} for g in raw["groups"]]}
+    assert [p.run_id for p in expand(parse_sweep(as_mapping))] == [p.run_id for p in expand(sweep)]
