@@ -40,6 +40,8 @@ DTYPES: dict[int, type[np.generic]] = {
     8: np.uint16,
 }
 DTYPE_CODES = {np.dtype(t): code for code, t in DTYPES.items()}
+TMP = ".tmp-"  # temp files are FINAL_NAME.tmp-PID
+CHUNK = 1 << 20  # index entries per write when assembling the .idx: bounds memory at close
 
 
 def best_dtype(vocab_size: int) -> np.dtype:
@@ -56,9 +58,11 @@ def data_path(prefix: str | os.PathLike) -> Path:
 
 
 class IndexedDatasetWriter:
-    """Write one `.bin/.idx` pair; each `add_document` adds one sequence and ends one document.
+    """Write one `.bin/.idx` pair; each document is one sequence (Megatron's `--append-eod` layout).
 
-    Files appear under their final names only at a clean `close()` (temp files renamed), so a crash
+    Memory stays flat at any corpus size: tokens go straight to the `.bin`, sequence sizes to a temp file,
+    and the `.idx` is assembled from that file in bounded chunks at `close()` (`doc_idx` is 0..n, nothing to
+    keep). Files appear under their final names only at a clean `close()` (temp files renamed), so a crash
     never leaves a half-written dataset that looks complete.
     """
 
@@ -68,50 +72,64 @@ class IndexedDatasetWriter:
         self.prefix = Path(prefix)
         self.vocab_size = vocab_size
         self.dtype = best_dtype(vocab_size)
-        self._tmp = f".tmp-{os.getpid()}"
-        self._bin_tmp = Path(f"{data_path(prefix)}{self._tmp}")
-        self._idx_tmp = Path(f"{index_path(prefix)}{self._tmp}")
+        tmp = f"{TMP}{os.getpid()}"
+        self._bin_tmp = Path(f"{data_path(prefix)}{tmp}")
+        self._idx_tmp = Path(f"{index_path(prefix)}{tmp}")
+        self._sizes_tmp = Path(f"{self.prefix}.sizes{tmp}")
         self._bin = open(self._bin_tmp, "wb")
-        self._sizes: list[int] = []
-        self._doc_idx: list[int] = [0]
+        self._sizes = open(self._sizes_tmp, "wb")
+        self.num_documents = 0
+        self.num_tokens = 0
         self.closed = False
 
     def add_document(self, tokens: Sequence[int] | np.ndarray) -> None:
         arr = np.asarray(tokens)
         if arr.ndim != 1:
             raise ValueError(f"a document is a 1-D sequence of token ids, got shape {arr.shape}")
-        if arr.size and (arr.min() < 0 or arr.max() >= self.vocab_size):
-            raise ValueError(f"token ids must be in [0, {self.vocab_size}), got [{arr.min()}, {arr.max()}]")
-        self._bin.write(arr.astype(self.dtype, copy=False).tobytes(order="C"))
-        self._sizes.append(int(arr.size))
-        self._doc_idx.append(len(self._sizes))
+        self.add_documents(arr, np.array([arr.size]))
 
-    @property
-    def num_tokens(self) -> int:
-        return sum(self._sizes)
+    def add_documents(self, tokens: np.ndarray, sizes: np.ndarray) -> None:
+        """Several documents laid end to end: `tokens` holds `sizes[0]` ids of the first, then the next..."""
+        sizes = np.asarray(sizes, dtype=np.int64)
+        if tokens.ndim != 1 or int(sizes.sum()) != tokens.size or (sizes < 0).any():
+            raise ValueError(f"sizes (sum {int(sizes.sum())}) must split the {tokens.size} tokens into documents")
+        if tokens.size and (tokens.min() < 0 or tokens.max() >= self.vocab_size):
+            raise ValueError(f"token ids must be in [0, {self.vocab_size}), got [{tokens.min()}, {tokens.max()}]")
+        self._bin.write(tokens.astype(self.dtype, copy=False).tobytes(order="C"))
+        self._sizes.write(sizes.astype("<i4").tobytes())
+        self.num_documents += len(sizes)
+        self.num_tokens += int(tokens.size)
 
     def close(self) -> None:
         """Write the index and move both files into place (the `.idx` last: it is what readers open)."""
         if self.closed:
             return
         self._bin.close()
-        sizes = np.asarray(self._sizes, dtype=np.int32)
-        pointers = np.zeros(len(sizes), dtype=np.int64)
-        np.cumsum(sizes[:-1], dtype=np.int64, out=pointers[1:])
-        pointers *= self.dtype.itemsize
+        self._sizes.close()
+        n = self.num_documents
+        sizes = np.memmap(self._sizes_tmp, dtype="<i4", mode="r", shape=(n,)) if n else np.empty(0, "<i4")
         with open(self._idx_tmp, "wb") as f:
-            f.write(HEADER.pack(MAGIC, VERSION, DTYPE_CODES[self.dtype], len(sizes), len(self._doc_idx)))
-            f.write(sizes.astype("<i4").tobytes())
-            f.write(pointers.astype("<i8").tobytes())
-            f.write(np.asarray(self._doc_idx, dtype="<i8").tobytes())
+            f.write(HEADER.pack(MAGIC, VERSION, DTYPE_CODES[self.dtype], n, n + 1))
+            for i in range(0, n, CHUNK):
+                f.write(sizes[i : i + CHUNK].tobytes())
+            offset = 0  # byte offset of the next sequence in the .bin
+            for i in range(0, n, CHUNK):
+                ends = np.cumsum(sizes[i : i + CHUNK], dtype=np.int64) * self.dtype.itemsize + offset
+                f.write(np.concatenate(([offset], ends[:-1])).astype("<i8").tobytes())
+                offset = int(ends[-1])
+            for i in range(0, n + 1, CHUNK):
+                f.write(np.arange(i, min(i + CHUNK, n + 1), dtype="<i8").tobytes())
+        del sizes
         os.replace(self._bin_tmp, data_path(self.prefix))
         os.replace(self._idx_tmp, index_path(self.prefix))
+        self._sizes_tmp.unlink()
         self.closed = True
 
     def abort(self) -> None:
         """Drop the temp files; nothing under the final names is touched."""
         self._bin.close()
-        for p in (self._bin_tmp, self._idx_tmp):
+        self._sizes.close()
+        for p in (self._bin_tmp, self._idx_tmp, self._sizes_tmp):
             p.unlink(missing_ok=True)
         self.closed = True
 
@@ -123,6 +141,13 @@ class IndexedDatasetWriter:
             self.close()
         else:
             self.abort()
+
+
+def remove_temp_files(prefix: str | os.PathLike) -> None:
+    """Drop what a killed writer of `prefix` left behind (its temp files carry the dead process's id)."""
+    prefix = Path(prefix)
+    for p in prefix.parent.glob(f"{prefix.name}.*{TMP}*"):
+        p.unlink(missing_ok=True)
 
 
 class IndexedDataset:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import ast
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
@@ -37,18 +37,25 @@ class Source:
     paths: tuple[Path, ...] = ()
     text_field: str = "text"
 
-    def documents(self) -> Iterator[str]:
+    def documents(self, on_bytes: Callable[[int], None] | None = None) -> Iterator[str]:
+        """`on_bytes(n)` hears of every n bytes of the source files read (JSONL per line, others per file)."""
+        count = on_bytes or (lambda n: None)
         if self.kind == "text":
-            docs: Iterable[str] = (read_text(p) for p in self.paths)
+            docs: Iterable[str] = (read_text(p, count) for p in self.paths)
         elif self.kind == "jsonl":
-            docs = (d for p in self.paths for d in read_jsonl(p, self.text_field))
+            docs = (d for p in self.paths for d in read_jsonl(p, self.text_field, count))
         elif self.kind == "demo-wiki":
-            docs = wiki_documents(self.paths[0])
+            docs = counted(wiki_documents(self.paths[0]), self.paths[0], count)
         elif self.kind in ("demo-kjv", "demo-kjv-books"):
-            docs = kjv_documents(self.paths[0], "book" if self.kind == "demo-kjv-books" else "chapter")
+            unit = "book" if self.kind == "demo-kjv-books" else "chapter"
+            docs = counted(kjv_documents(self.paths[0], unit), self.paths[0], count)  # type: ignore[arg-type]
         else:
             docs = hf_documents(self.spec.removeprefix("hf:"), self.text_field)
         return (d for d in docs if d.strip())
+
+    def size(self) -> int | None:
+        """Bytes of its files (None for hf: streams), the total that `on_bytes` counts up to."""
+        return None if self.kind == "hf" else sum(p.stat().st_size for p in self.paths)
 
 
 def resolve_sources(specs: Iterable[str | os.PathLike], text_field: str = "text") -> list[Source]:
@@ -101,25 +108,37 @@ def iter_documents(sources: Iterable[Source]) -> Iterator[str]:
         yield from source.documents()
 
 
-def read_text(path: Path) -> str:
+def read_text(path: Path, on_bytes: Callable[[int], None] = lambda n: None) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        data = path.read_bytes()
+        on_bytes(len(data))
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise BadInput(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
-def read_jsonl(path: Path, field: str) -> Iterator[str]:
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
+def read_jsonl(path: Path, field: str, on_bytes: Callable[[int], None] = lambda n: None) -> Iterator[str]:
+    # binary lines: their lengths are the bytes read, for progress on files of hundreds of GB
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            on_bytes(len(raw))
+            if not raw.strip():
                 continue
             try:
-                row = json.loads(line)
+                row = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                raise BadInput(f"{path}:{lineno}: not UTF-8 ({exc.reason})") from None
             except json.JSONDecodeError as exc:
                 raise BadInput(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
             if not isinstance(row, dict) or not isinstance(row.get(field), str):
                 raise BadInput(f"{path}:{lineno}: no string field {field!r}; name the text field with --text-field")
             yield row[field]
+
+
+def counted(docs: Iterable[str], path: Path, on_bytes: Callable[[int], None]) -> Iterator[str]:
+    """Documents parsed from one whole file: its bytes count as read once they are all out."""
+    yield from docs
+    on_bytes(path.stat().st_size)
 
 
 def wheel_file(dist: str, rel: str) -> Path:

