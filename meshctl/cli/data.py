@@ -1,4 +1,5 @@
-"""`meshctl data prepare|info`: text -> tokenized GPT-NeoX .bin/.idx splits, and what a prepared dir holds."""
+"""`meshctl data prepare|import|info`: text -> tokenized GPT-NeoX .bin/.idx splits, existing ones registered in
+place, and what a data directory holds."""
 
 from __future__ import annotations
 
@@ -51,21 +52,43 @@ def prepare(
     show(out, manifest, format, seconds)
 
 
-@app.command()
-def info(
-    directory: Annotated[Path, typer.Argument(help="A directory written by `meshctl data prepare`.")],
+@app.command("import")
+def import_(
+    input: Annotated[str, typer.Argument(help="PATH/document (finds document.idx and document.bin or its "
+                                              "document-NNNNN-of-MMMMM.bin shards), or the .idx.")],
+    out: Annotated[Path, typer.Option("--out", help="Directory to write manifest.json and tokenizer.json in.")] = ...,  # type: ignore[assignment]
+    tokenizer: Annotated[str, typer.Option(help="neox (GPT-NeoX-20B, Pythia's) or PATH to the data's tokenizer.json.")] = "neox",
+    val_samples: Annotated[int | None, typer.Option(help="Hold out the last N samples for validation.")] = None,
+    validation: Annotated[str | None, typer.Option(help="Validate on DIR[:SPLIT] of another data directory instead.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace a different dataset already in --out.")] = False,
     format: FormatOpt = Format.table,
 ) -> None:
-    """Show a prepared directory's splits and tokenizer, after checking its files against the manifest."""
+    """Register existing GPT-NeoX .bin/.idx data (Pythia's preshuffled Pile) in place, without copying it."""
     with user_errors():
-        from meshctl.data.indexed import IndexedDataset
+        from meshctl.data.importing import import_data
+
+        start = time.perf_counter()
+        manifest = import_data(input, out, tokenizer=tokenizer, validation=validation, val_samples=val_samples, force=force)
+        seconds = round(time.perf_counter() - start, 2)
+    show(out, manifest, format, seconds)
+
+
+@app.command()
+def info(
+    directory: Annotated[Path, typer.Argument(help="A directory written by `meshctl data prepare` or `import`.")],
+    format: FormatOpt = Format.table,
+) -> None:
+    """Show a data directory's splits and tokenizer, after checking its files against the manifest."""
+    with user_errors():
         from meshctl.data.manifest import load_manifest
 
         manifest = load_manifest(directory)
         for name, split in manifest.splits.items():
-            ds = IndexedDataset(manifest.prefix(directory, name))
+            ds = manifest.dataset(directory, name)
+            if split.shards is not None:  # imported: the .idx must agree with the files it points into
+                ds.check(exact=True)
             if ds.num_tokens != split.tokens or ds.num_documents != split.documents:
-                raise ValueError(f"{directory}: {name} split does not match its manifest; prepare it again with --force")
+                raise ValueError(f"{directory}: {name} split does not match its manifest; prepare or import it again with --force")
     show(directory, manifest, format, None)
 
 

@@ -24,6 +24,7 @@ from types import TracebackType
 
 import numpy as np
 
+from meshctl.data.shards import TokenStream, shard_files
 from meshctl.errors import BadInput
 
 MAGIC = b"MMIDIDX\x00\x00"
@@ -153,16 +154,31 @@ def remove_temp_files(prefix: str | os.PathLike) -> None:
 class IndexedDataset:
     """Read-only view of a `.bin/.idx` pair through np.memmap: nothing is loaded until indexed.
 
-    `ds[i]` is sequence i as a 1-D array of `ds.dtype` (a view into the memmap, not a copy).
+    `shards`: files whose bytes, concatenated, are the .bin (boundaries anywhere, even inside a token);
+    default `prefix.bin`, else `prefix-*-of-*.bin`. `entries=(start, stop)` restricts the view to those
+    index entries (a split of an imported file). `ds[i]` is entry i as a 1-D array of `ds.dtype` (a view
+    into the memmap unless it straddles shards); `ds.tokens[a:b]` reads the entries' tokens as one stream.
+    `sizes`/`pointers` cover the entries; `doc_idx` is the whole file's.
     """
 
-    def __init__(self, prefix: str | os.PathLike) -> None:
+    def __init__(
+        self, prefix: str | os.PathLike, shards: Sequence[str | os.PathLike] | None = None,
+        entries: tuple[int, int] | None = None,
+    ) -> None:
         self.prefix = Path(prefix)
+        self.shards = [Path(s) for s in shards] if shards is not None else None
+        self.entries = tuple(entries) if entries is not None else None
         self._open()
 
+    def bin_files(self) -> list[Path]:
+        if self.shards is not None:
+            return self.shards
+        bin_ = data_path(self.prefix)
+        return [bin_] if bin_.is_file() or not shard_files(self.prefix) else shard_files(self.prefix)
+
     def _open(self) -> None:
-        idx, bin_ = index_path(self.prefix), data_path(self.prefix)
-        for p in (idx, bin_):
+        idx, bins = index_path(self.prefix), self.bin_files()
+        for p in (idx, *bins):
             if not p.is_file():
                 raise BadInput(f"{p}: file not found; give the dataset prefix (path without .bin/.idx) or run `meshctl data prepare`")
         idx_bytes = idx.stat().st_size
@@ -179,15 +195,30 @@ class IndexedDataset:
         if idx_bytes < expected_idx:
             raise BadInput(f"{idx}: truncated index ({idx_bytes} bytes, header says {expected_idx}); re-run `meshctl data prepare`")
         self.dtype = np.dtype(DTYPES[code])
-        self.sizes = np.memmap(idx, dtype="<i4", mode="r", offset=HEADER.size, shape=(n,))
-        self.pointers = np.memmap(idx, dtype="<i8", mode="r", offset=HEADER.size + 4 * n, shape=(n,))
-        self.doc_idx = np.memmap(idx, dtype="<i8", mode="r", offset=HEADER.size + 12 * n, shape=(doc_count,))
-        need = int(self.pointers[-1]) + int(self.sizes[-1]) * self.dtype.itemsize if n else 0
-        have = bin_.stat().st_size
-        if have < need:
-            raise BadInput(f"{bin_}: truncated ({have} bytes, the index needs {need}); copy or prepare it again")
-        # an empty .bin cannot be mapped; an empty array reads the same
-        self.tokens = np.memmap(bin_, dtype=self.dtype, mode="r") if have else np.empty(0, self.dtype)
+        sizes = np.memmap(idx, dtype="<i4", mode="r", offset=HEADER.size, shape=(n,)) if n else np.empty(0, "<i4")
+        pointers = np.memmap(idx, dtype="<i8", mode="r", offset=HEADER.size + 4 * n, shape=(n,)) if n else np.empty(0, "<i8")
+        self.doc_idx = (np.memmap(idx, dtype="<i8", mode="r", offset=HEADER.size + 12 * n, shape=(doc_count,))
+                        if doc_count else np.empty(0, "<i8"))
+        self.index_entries = n
+        self.needed_bytes = int(pointers[-1]) + int(sizes[-1]) * self.dtype.itemsize if n else 0
+        # an empty file cannot be mapped; an empty array reads the same
+        maps = [np.memmap(p, dtype=np.uint8, mode="r") if p.stat().st_size else np.empty(0, np.uint8) for p in bins]
+        self.bin_bytes = sum(len(m) for m in maps)
+        if self.bin_bytes < self.needed_bytes:
+            what = "truncated (" + (f"{len(bins)} shards hold " if len(bins) > 1 else "") + f"{self.bin_bytes} bytes"
+            raise BadInput(f"{bins[-1]}: {what}, the index needs {self.needed_bytes}); "
+                           "a file is missing or cut short: download or prepare it again")
+        start, stop = self.entries if self.entries is not None else (0, n)
+        if not 0 <= start <= stop <= n:
+            raise BadInput(f"{idx}: entries [{start}, {stop}) out of range for {n} entries; import the data again")
+        self.sizes, self.pointers = sizes[start:stop], pointers[start:stop]
+        if self.entries is None:
+            self.tokens = TokenStream(maps, self.dtype)
+        elif start == stop:
+            self.tokens = TokenStream(maps, self.dtype, 0, 0)
+        else:
+            base = int(self.pointers[0])
+            self.tokens = TokenStream(maps, self.dtype, base, int(self.pointers[-1]) + int(self.sizes[-1]) * self.dtype.itemsize)
 
     def __len__(self) -> int:
         return len(self.sizes)
@@ -197,8 +228,7 @@ class IndexedDataset:
         if not -n <= i < n:
             raise IndexError(f"sequence {i} out of range for {n} sequences")
         i %= n
-        start = int(self.pointers[i]) // self.dtype.itemsize
-        return self.tokens[start : start + int(self.sizes[i])]
+        return self.tokens.read(int(self.pointers[i]), int(self.sizes[i]))
 
     @cached_property
     def num_tokens(self) -> int:
@@ -206,7 +236,13 @@ class IndexedDataset:
 
     @property
     def num_documents(self) -> int:
-        return max(len(self.doc_idx) - 1, 0)
+        """Documents whose entries all lie in this view (doc_idx holds each document's first entry)."""
+        if len(self.doc_idx) < 2:
+            return 0
+        start, stop = self.entries if self.entries is not None else (0, self.index_entries)
+        first = int(np.searchsorted(self.doc_idx, start, side="left"))
+        last = int(np.searchsorted(self.doc_idx, stop, side="right")) - 1
+        return max(last - first, 0)
 
     def is_contiguous(self) -> bool:
         """Sequences laid end to end in index order (always true for Megatron/meshctl writers)."""
@@ -215,14 +251,42 @@ class IndexedDataset:
             return True
         # cheap check on the ends; a full scan of the pointers of the Pile would read gigabytes
         last = (self.num_tokens - int(self.sizes[-1])) * self.dtype.itemsize
-        return int(self.pointers[0]) == 0 and int(self.pointers[-1]) == last
+        return int(self.pointers[0]) == self.tokens.base and int(self.pointers[-1]) == self.tokens.base + last
+
+    def check(self, exact: bool = True, sample: int = 4096) -> None:
+        """BadInput unless the index agrees with itself and the .bin on a bounded sample: pointers step by
+        sizes * itemsize over the first, last and `sample` random entries, the last pointer matches the sum of
+        all sizes, doc_idx runs from 0 to at most the entry count, and (`exact`) the .bin has no extra bytes."""
+        idx, n, item = index_path(self.prefix), self.index_entries, self.dtype.itemsize
+        full = IndexedDataset(self.prefix, self.bin_files()) if self.entries is not None else self
+        sizes, pointers = full.sizes, full.pointers
+        if n:
+            rng = np.random.default_rng(0)
+            at = np.unique(np.concatenate([np.arange(min(sample, n - 1)), np.arange(max(n - 1 - sample, 0), n - 1),
+                                           rng.integers(0, max(n - 1, 1), size=min(sample, n - 1))]))
+            steps = np.asarray(pointers[at + 1]) - np.asarray(pointers[at])
+            bad = np.flatnonzero(steps != np.asarray(sizes[at], dtype=np.int64) * item)
+            if int(pointers[0]) != 0 or bad.size or int(sizes[-1]) < 0:
+                i = int(at[bad[0]]) if bad.size else 0
+                raise BadInput(f"{idx}: pointers disagree with sizes at entry {i} (an .idx from another .bin?); "
+                               "use the .idx that came with the data")
+            if full.needed_bytes != full.num_tokens * item:
+                raise BadInput(f"{idx}: sizes sum to {full.num_tokens} tokens but the last pointer ends at byte "
+                               f"{full.needed_bytes}; use the .idx that came with the data")
+        if len(self.doc_idx) and (int(self.doc_idx[0]) != 0 or not 0 <= int(self.doc_idx[-1]) <= n
+                                  or np.any(np.diff(self.doc_idx[:sample]) < 0) or np.any(np.diff(self.doc_idx[-sample:]) < 0)):
+            raise BadInput(f"{idx}: doc_idx runs {int(self.doc_idx[0])}..{int(self.doc_idx[-1])}, not within the "
+                           f"{n} entries; use the .idx that came with the data")
+        if exact and self.bin_bytes != self.needed_bytes:
+            raise BadInput(f"{self.bin_files()[0]}: {self.bin_bytes} bytes of tokens, the index needs exactly "
+                           f"{self.needed_bytes}; the .bin and .idx are not a pair")
 
     # memmaps pickle as full copies: DataLoader workers reopen the files instead
     def __getstate__(self) -> dict:
-        return {"prefix": self.prefix}
+        return {"prefix": self.prefix, "shards": self.shards, "entries": self.entries}
 
     def __setstate__(self, state: dict) -> None:
-        self.prefix = state["prefix"]
+        self.prefix, self.shards, self.entries = state["prefix"], state.get("shards"), state.get("entries")
         self._open()
 
     def __repr__(self) -> str:

@@ -4,6 +4,9 @@
      "splits": {"train": {"prefix", "documents", "tokens"}, "validation": {...}}, "seed", "created", "settings"}
 
 Paths inside are relative to the directory, so a prepared directory can be moved or copied to a cluster.
+An imported directory (`meshctl data import`) registers a .bin/.idx elsewhere in place: its splits name the
+.idx prefix and the .bin's shards by absolute path when they lie outside the directory (moving the directory
+then keeps working, moving the data does not), and each split is a range of the index's entries.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from meshctl.data.indexed import IndexedDataset
 from meshctl.errors import BadInput
 
 MANIFEST = "manifest.json"
@@ -37,11 +41,35 @@ class TokenizerRecord(BaseModel):
     eod_token_id: int = Field(ge=0, description="Appended after every document.")
 
 
+class ShardRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    path: str = Field(description="Relative to the directory, or absolute for data outside it.")
+    bytes: int = Field(ge=0, description="File size: the shards' bytes concatenated are the .bin.")
+
+
 class SplitRecord(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    prefix: str = Field(description="Path of the .bin/.idx pair without suffix, relative to the directory.")
+    prefix: str = Field(description="Path of the .idx (and .bin) without suffix, relative to the directory or absolute.")
     documents: int = Field(ge=0)
     tokens: int = Field(ge=0, description="Including one EOD per document.")
+    shards: list[ShardRecord] | None = Field(None, description="The .bin as byte-range files, in order; None: PREFIX.bin.")
+    entries: tuple[int, int] | None = Field(None, description="Index entries [start, stop) this split reads; None: all.")
+    origin: str | None = Field(None, description="DIR:SPLIT when the split is another directory's (import --validation).")
+
+    def dataset(self, directory: str | os.PathLike) -> IndexedDataset:
+        root = Path(directory)
+        shards = None if self.shards is None else [root / s.path for s in self.shards]
+        return IndexedDataset(root / self.prefix, shards, self.entries)
+
+
+class ImportSettings(BaseModel):
+    """The request that registered existing .bin/.idx data; a second import with other settings needs --force."""
+
+    model_config = ConfigDict(extra="forbid")
+    input: str = Field(description="The data as given: a prefix, an .idx, or a shard.")
+    tokenizer: str = Field(description="neox, or the tokenizer path as given.")
+    validation: str | None = Field(description="DIR[:SPLIT] the validation split comes from, or None.")
+    val_samples: int | None = Field(description="Entries held out at the end of the index, or None.")
 
 
 class PrepareSettings(BaseModel):
@@ -64,12 +92,19 @@ class Manifest(BaseModel):
     splits: dict[str, SplitRecord]
     seed: int
     created: str = Field(description="UTC ISO-8601 time the directory was completed.")
-    settings: PrepareSettings
+    settings: PrepareSettings | ImportSettings
 
     def prefix(self, directory: str | os.PathLike, split: str = "train") -> Path:
-        if split not in self.splits:
-            raise BadInput(f"split {split!r} not in this dataset; choose one of {sorted(self.splits)}")
-        return Path(directory) / self.splits[split].prefix
+        return Path(directory) / self.split(split).prefix
+
+    def split(self, name: str) -> SplitRecord:
+        if name not in self.splits:
+            raise BadInput(f"split {name!r} not in this dataset; choose one of {sorted(self.splits)}")
+        return self.splits[name]
+
+    def dataset(self, directory: str | os.PathLike, split: str = "train") -> IndexedDataset:
+        """The split's tokens: its .bin or shards, and only its entries of the index."""
+        return self.split(split).dataset(directory)
 
 
 def load_manifest(directory: str | os.PathLike) -> Manifest:
@@ -84,12 +119,22 @@ def load_manifest(directory: str | os.PathLike) -> Manifest:
         detail = exc.msg if isinstance(exc, json.JSONDecodeError) else exc.errors()[0]["msg"]
         raise BadInput(f"{path}: unreadable manifest ({detail}); prepare the directory again with --force") from None
     missing = [s for s in SPLITS if s not in manifest.splits]
-    needed = [directory / manifest.tokenizer.path] + [
-        Path(f"{manifest.prefix(directory, s)}{ext}") for s in manifest.splits for ext in (".bin", ".idx")
-    ]
+    needed = [directory / manifest.tokenizer.path]
+    for name, split in manifest.splits.items():
+        prefix = manifest.prefix(directory, name)
+        needed.append(Path(f"{prefix}.idx"))
+        if split.shards is None:
+            needed.append(Path(f"{prefix}.bin"))
     missing += [str(p) for p in needed if not p.is_file()]
     if missing:
-        raise BadInput(f"{directory}: incomplete prepared directory (missing {missing[0]}); prepare it again with --force")
+        raise BadInput(f"{directory}: incomplete prepared directory (missing {missing[0]}); prepare or import it again with --force")
+    for split in manifest.splits.values():
+        for shard in split.shards or []:
+            path = directory / shard.path
+            size = path.stat().st_size if path.is_file() else None
+            if size != shard.bytes:
+                found = "missing" if size is None else f"{size} bytes"
+                raise BadInput(f"{path}: shard {found}, the manifest records {shard.bytes} bytes; restore it or import again")
     return manifest
 
 

@@ -16,7 +16,20 @@ import torch
 from torch.utils.data import Dataset
 
 from meshctl.data.indexed import IndexedDataset
+from meshctl.data.permutation import FeistelPermutation
 from meshctl.errors import BadInput
+
+
+CHUNK = 1 << 20  # entries per pass of the samples check: 4 MB of sizes and 1 MB of flags at a time
+
+
+def first_other(sizes: np.ndarray, size: int) -> int | None:
+    """The first entry whose size differs, scanned in chunks: the Pile's 146M entries never make a temporary."""
+    for lo in range(0, len(sizes), CHUNK):
+        bad = np.flatnonzero(sizes[lo : lo + CHUNK] != size)
+        if bad.size:
+            return lo + int(bad[0])
+    return None
 
 
 class TokenWindows(Dataset):
@@ -47,22 +60,17 @@ class TokenWindows(Dataset):
             self.num_windows = (total - 1) // seq_len
         elif mode == "samples":
             sizes = self.dataset.sizes
-            bad = np.flatnonzero(sizes != seq_len + 1)
-            if bad.size:
+            bad = first_other(sizes, seq_len + 1)
+            if bad is not None:
                 raise BadInput(
-                    f"{self.dataset.prefix}: entry {bad[0]} has {sizes[bad[0]]} tokens, samples mode needs every entry "
+                    f"{self.dataset.prefix}: entry {bad} has {sizes[bad]} tokens, samples mode needs every entry "
                     f"to be seq_len + 1 = {seq_len + 1}; use mode='packed' or the matching seq_len"
                 )
             self.num_windows = len(sizes)
         else:
             raise BadInput(f"mode must be 'packed' or 'samples', got {mode!r}")
-        # int32 halves the permutation's memory; 4 bytes per window is the only per-window cost
-        index_dtype = np.int32 if self.num_windows < 2**31 else np.int64
-        self.order = (
-            None
-            if seed is None
-            else np.random.default_rng(seed).permutation(np.arange(self.num_windows, dtype=index_dtype))
-        )
+        # computed per item: no per-window array, whatever the size of the data
+        self.order = None if seed is None else FeistelPermutation(self.num_windows, seed)
 
     def __len__(self) -> int:
         return self.num_windows
@@ -72,7 +80,7 @@ class TokenWindows(Dataset):
         if not -self.num_windows <= i < self.num_windows:
             raise IndexError(f"window {i} out of range for {self.num_windows} windows")
         i %= self.num_windows
-        return i if self.order is None else int(self.order[i])
+        return i if self.order is None else self.order[i]  # type: ignore[return-value]
 
     def __getitem__(self, i: int) -> torch.Tensor:
         w = self.window_index(i)

@@ -38,11 +38,19 @@ class DataSpec(BaseModel):
         description="packed: documents concatenated and cut into windows; samples: one index entry per "
         "sequence (Pythia's preshuffled 2049-token samples)",
     )
-    shuffle: bool = Field(True, description="shuffle windows each epoch (seeded); false keeps file order")
+    shuffle: bool | None = Field(
+        None,
+        description="shuffle windows each epoch (seeded); false keeps file order; default: true for packed, "
+        "false for samples (Pythia's samples are stored shuffled, in its training order)",
+    )
     eval_sets: dict[str, EvalSetSpec] | None = Field(
         None, description="name -> prepared dir + split; default {validation: data.path validation split}"
     )
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+
+    @property
+    def shuffled(self) -> bool:
+        return self.mode == "packed" if self.shuffle is None else self.shuffle
 
 
 class TrainSpec(BaseModel):
@@ -130,7 +138,7 @@ class RunSpec(BaseModel):
         t = self.train
         return (
             isinstance(self.model, dict) and "preset" not in self.model and self.data.seq_len is not None
-            and self.data.eval_sets is not None and t.max_steps is not None and t.tokens is None
+            and self.data.eval_sets is not None and self.data.shuffle is not None and t.max_steps is not None and t.tokens is None
             and t.global_batch is not None and t.global_batch_tokens is None and t.micro_batch is not None
             and t.lr is not None and t.precision is not None and None not in (
                 t.log_every, t.val_every, t.val_batches, t.ckpt_every)
@@ -214,7 +222,9 @@ class RunSpec(BaseModel):
             "precision": pick("train", "precision", t.precision),
             **{f: pick("train", f, getattr(t, f)) for f in ("log_every", "val_every", "val_batches", "ckpt_every")},
         })
-        data = self.data.model_copy(update={"path": data_path, "seq_len": seq_len, "eval_sets": eval_sets})
+        data = self.data.model_copy(
+            update={"path": data_path, "seq_len": seq_len, "eval_sets": eval_sets, "shuffle": self.data.shuffled}
+        )
         out = self.model_copy(update={"model": spec.model_dump(mode="json"), "data": data, "train": train})
         return RunSpec.model_validate(out.model_dump(mode="json"))
 

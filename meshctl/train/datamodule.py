@@ -1,9 +1,10 @@
 """Data for one run: training windows in a deterministic, resumable order; fixed eval windows.
 
 The order is a function of the optimizer step: global batch k is the windows
-`perm(epoch)[j * G : (j + 1) * G]` with `epoch, j = divmod(k, steps_per_epoch)`, `perm` a permutation
+`perm(epoch)[j * G : (j + 1) * G]` with `epoch, j = divmod(k, steps_per_epoch)`, `perm` a bijection
 seeded by (seed, epoch) (identity when `shuffle` is off) and G the global batch; rank r of W reads the
-r-th of W equal slices of it, in micro-batches. A checkpoint records the step it was taken at (with
+r-th of W equal slices of it, in micro-batches. `perm` is evaluated only at the positions a step reads
+(`meshctl.data.permutation`), so no array as long as the data (146M samples for the Pile) is ever built. A checkpoint records the step it was taken at (with
 epoch and position for people), so a resumed run reads exactly the batches an uninterrupted one would.
 Lightning sees a single epoch as long as the whole run, so its own epoch logic never reorders anything.
 """
@@ -18,17 +19,18 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from meshctl.data.indexed import IndexedDataset
 from meshctl.data.manifest import load_manifest
+from meshctl.data.permutation import FeistelPermutation
 from meshctl.data.windows import TokenWindows
 from meshctl.errors import BadInput, MeshctlError
 from meshctl.specs.run import RunSpec
 
+ORDER = "feistel-1"  # the shuffle's name in checkpoints: another order must not resume one of these
+
 
 def open_windows(path: str, split: str, seq_len: int, mode: str) -> TokenWindows:
-    """Windows of one split of a prepared directory, in file order (the sampler does the shuffling)."""
-    manifest = load_manifest(path)
-    return TokenWindows(IndexedDataset(manifest.prefix(path, split)), seq_len, mode=mode, seed=None)  # type: ignore[arg-type]
+    """Windows of one split of a prepared or imported directory, in file order (the sampler shuffles)."""
+    return TokenWindows(load_manifest(path).dataset(path, split), seq_len, mode=mode, seed=None)  # type: ignore[arg-type]
 
 
 class StepSampler(Sampler[int]):
@@ -53,10 +55,10 @@ class StepSampler(Sampler[int]):
         # Constant over resumes: Lightning counts batches of the whole run, restored ones included.
         return self.max_steps * self.per_rank
 
-    def permutation(self, epoch: int) -> np.ndarray:
-        if not self.shuffle:
-            return np.arange(self.num_windows)
-        return np.random.default_rng([self.seed, epoch]).permutation(self.num_windows)
+    def indices(self, epoch: int, lo: int, hi: int) -> np.ndarray:
+        """Positions [lo, hi) of epoch `epoch`'s order: a few bytes per index read, none per window."""
+        positions = np.arange(lo, hi, dtype=np.int64)
+        return FeistelPermutation(self.num_windows, [self.seed, epoch])(positions) if self.shuffle else positions
 
     def position(self, step: int) -> tuple[int, int]:
         """(data epoch, windows already read in it) before optimizer step `step`."""
@@ -64,13 +66,10 @@ class StepSampler(Sampler[int]):
         return epoch, j * self.global_batch
 
     def __iter__(self) -> Iterator[int]:
-        perm, perm_epoch = None, -1
         for step in range(self.start_step, self.max_steps):
             epoch, offset = self.position(step)
-            if epoch != perm_epoch:
-                perm, perm_epoch = self.permutation(epoch), epoch
             lo = offset + self.rank * self.per_rank
-            yield from perm[lo : lo + self.per_rank].tolist()  # type: ignore[index]
+            yield from self.indices(epoch, lo, lo + self.per_rank).tolist()
 
 
 class EvalWindows(Dataset):
@@ -119,7 +118,7 @@ class LMDataModule(L.LightningDataModule):
         self.setup()
         t, rank_world = self.spec.train, self._rank()
         self.sampler = StepSampler(
-            len(self.train_windows), t.global_batch, t.max_steps, self.spec.seed, self.spec.data.shuffle,  # type: ignore[arg-type]
+            len(self.train_windows), t.global_batch, t.max_steps, self.spec.seed, self.spec.data.shuffled,  # type: ignore[arg-type]
             rank=rank_world[0], world_size=rank_world[1], start_step=self.start_step,
         )
         return self._loader(self.train_windows, self.sampler)
@@ -147,6 +146,7 @@ class LMDataModule(L.LightningDataModule):
         if self.sampler is not None:
             state["epoch"], state["position"] = self.sampler.position(step)
             state["num_windows"] = self.sampler.num_windows
+        state["order"] = ORDER
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -159,4 +159,9 @@ class LMDataModule(L.LightningDataModule):
                     f"checkpoint data order differs from this run ({key} {state[key]} != {value}): "
                     "the training data changed since the checkpoint; restore it or start a new run directory"
                 )
+        if self.spec.data.shuffled and state.get("order") != ORDER:
+            raise MeshctlError(
+                "checkpoint was written by a meshctl that shuffled with a full permutation; resuming would read "
+                "other batches: finish it with that version or start a new run directory"
+            )
         self.start_step = int(state["step"])
