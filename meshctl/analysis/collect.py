@@ -5,7 +5,7 @@ its state (`meshctl.orchestrate.status.observe`, read-only), what its spec impli
 FLOPs/token under the "palm" formula, planned tokens) and, once completed, its results (`final.json`
 and `eval/*.json`). Result columns of unfinished runs are empty. Columns:
 
-    identity    sweep group variant family recurrence mesh_slots structure seed run_id cell position
+    identity    sweep group variant family recurrence mesh_slots structure shape seed run_id cell position
     state       state step total_steps detail
     counts      params_{total,embedding,non_embedding,unrolled_non_embedding,recurrence}
                 non_embedding_vs_vanilla_pct flop_formula flops_per_token tokens train_flops
@@ -16,12 +16,15 @@ and `eval/*.json`). Result columns of unfinished runs are empty. Columns:
                 subset_<k>shot_<task>: the --limit of an evaluation on part of the task's documents
                 (absent for whole tasks), subset_<k>shot_avg = 1 when the average includes one
     deltas      delta_val_loss_vs_vanilla delta_perplexity_vs_vanilla delta_acc_<k>shot_avg_vs_vanilla
-                (against the mean of the group's completed vanilla seeds)
+                (against the mean of the completed seeds of the row's reference)
     spec        model.<field> train.<field> data.seq_len data.path run_dir
 
 `cell` names the runs that differ only by seed (a hash of the run identity without the seed): the
-report averages over it. The vanilla reference of `non_embedding_vs_vanilla_pct` is the group's vanilla
-run, or its preset when the sweep does not train it (`include_vanilla: false`).
+report averages over it. `shape` is the width and unrolled depth (`d128 L6`): the reference of a row,
+for `non_embedding_vs_vanilla_pct` and the deltas, is the vanilla model of its group with the same shape,
+the one it is matched to: the group's vanilla run, or its `vanilla` reference when the sweep does not
+train it (`include_vanilla: false`). A row of no vanilla model's shape has no reference: its deltas are
+empty rather than against a model of another depth.
 """
 
 from __future__ import annotations
@@ -48,8 +51,8 @@ _FEWSHOT = re.compile(r"^acc_(\d+)shot_avg$")
 # Text columns whose values can look like numbers (a vanilla structure "24", precision "32", a run id of
 # digits): `read_csv` keeps them text. Everything else reads back with plain `pandas.read_csv`.
 TEXT_COLUMNS = (
-    "sweep", "group", "variant", "family", "recurrence", "structure", "run_id", "cell", "state", "detail",
-    "flop_formula", "eval_set", "completed_at", "model.family", "model.recurrence", "train.precision",
+    "sweep", "group", "variant", "family", "recurrence", "structure", "shape", "run_id", "cell", "state",
+    "detail", "flop_formula", "eval_set", "completed_at", "model.family", "model.recurrence", "train.precision",
     "train.strategy", "train.betas", "data.path", "run_dir",
 )
 
@@ -150,27 +153,34 @@ def _cell_id(spec: dict[str, Any]) -> str:
     return digest(ident, 12)
 
 
-def _reference_non_embedding(ledger: "Ledger", sweep: str, rows: list[Any]) -> dict[str, int]:
-    """Group -> non-embedding parameters of its vanilla reference (its run, else its preset)."""
-    from meshctl.models import count_params, resolve
-    from meshctl.models.spec import ModelSpec
+def shape(model: Any) -> str:
+    """Width and unrolled depth, what matched compute holds equal: `d128 L6`."""
+    return f"d{model.n_embd} L{model.n_unrolled}"
 
-    refs: dict[str, int] = {}
+
+def _references(ledger: "Ledger", sweep: str, rows: list[Any]) -> dict[tuple[str, str], int]:
+    """(group, shape) -> non-embedding parameters of the group's vanilla model of that shape: its run,
+    else the group's `vanilla` reference."""
+    from meshctl.models import count_params
+    from meshctl.models.spec import ModelSpec
+    from meshctl.specs.sweep import reference_model
+
+    refs: dict[tuple[str, str], int] = {}
     for row in rows:
-        if row.labels.get("family") == "vanilla" and row.labels.get("group") not in refs:
-            refs[row.labels["group"]] = count_params(ModelSpec.model_validate(row.spec["model"])).non_embedding
+        if row.labels.get("family") == "vanilla":
+            model = ModelSpec.model_validate(row.spec["model"])
+            refs.setdefault((row.labels.get("group"), shape(model)), count_params(model).non_embedding)
     raw = ledger.sweep_spec(sweep) or {}
     for group in raw.get("groups") or []:
-        name, preset = group.get("name"), group.get("vanilla")
-        if name not in refs and preset:
-            try:
-                refs[name] = count_params(resolve(preset)).non_embedding
-            except Exception:
-                continue  # a preset renamed since the sweep was submitted: no reference
+        try:
+            model = reference_model(group.get("vanilla"))
+        except ValueError:
+            continue  # a preset renamed since the sweep was submitted: no reference
+        refs.setdefault((group.get("name"), shape(model)), count_params(model).non_embedding)
     return refs
 
 
-def run_record(row: Any, status: Any, reference: int | None) -> dict[str, Any]:
+def run_record(row: Any, status: Any, references: dict[tuple[str, str], int]) -> dict[str, Any]:
     """One run as a flat record (see the module docstring for the columns)."""
     from meshctl.models import count_params, flops_per_token
     from meshctl.models.spec import ModelSpec
@@ -184,12 +194,13 @@ def run_record(row: Any, status: Any, reference: int | None) -> dict[str, Any]:
     tokens = steps * spec["train"]["global_batch"] * seq_len if steps and seq_len else None
     fpt = flops_per_token(model, seq_len, FLOP_FORMULA)
     labels = row.labels
+    reference = references.get((labels.get("group"), shape(model)))
     rec: dict[str, Any] = {
         "sweep": labels.get("sweep"), "group": labels.get("group"), "variant": labels.get("variant"),
         "family": labels.get("family", model.family), "recurrence": labels.get("recurrence"),
         "mesh_slots": labels.get("mesh_slots", model.mesh_slots), "structure": labels.get("structure", model.structure),
-        "seed": labels.get("seed", spec.get("seed")), "run_id": row.run_id, "cell": _cell_id(spec),
-        "position": row.position,
+        "shape": shape(model), "seed": labels.get("seed", spec.get("seed")), "run_id": row.run_id,
+        "cell": _cell_id(spec), "position": row.position,
         "state": status.state, "step": status.step, "total_steps": status.total_steps or steps,
         "detail": status.detail,
         "params_total": counts.total, "params_embedding": counts.embedding,
@@ -222,17 +233,18 @@ def run_record(row: Any, status: Any, reference: int | None) -> dict[str, Any]:
 
 
 def add_deltas(df: "pd.DataFrame") -> "pd.DataFrame":
-    """Differences against the mean of each group's completed vanilla runs."""
+    """Differences against the mean of the completed runs of each row's reference (same group, same shape)."""
     import pandas as pd
 
     targets = ["val_loss", "perplexity", *(f"acc_{k}shot_avg" for k in fewshots(df.columns))]
     vanilla = df[(df["family"] == "vanilla") & (df["state"] == "completed")]
+    keys = pd.MultiIndex.from_frame(df[["group", "shape"]])
     new = {}
     for col in targets:
         if col not in df:
             continue
-        ref = vanilla.groupby("group")[col].mean()
-        new[f"delta_{col}_vs_vanilla"] = df[col] - df["group"].map(ref)
+        ref = vanilla.groupby(["group", "shape"])[col].mean().reindex(keys)
+        new[f"delta_{col}_vs_vanilla"] = df[col] - ref.to_numpy()
     return pd.concat([df, pd.DataFrame(new, index=df.index)], axis=1) if new else df
 
 
@@ -278,8 +290,8 @@ def collect(results_dir: str | Path, sweep: str | None = None) -> "pd.DataFrame"
     with Ledger(ledger_path(results_dir)) as ledger:
         rows = ledger.runs(name)
         statuses = {s.run_id: s for s in observe(ledger, name, record=False)}
-        refs = _reference_non_embedding(ledger, name, rows)
-    records = [run_record(r, statuses[r.run_id], refs.get(r.labels.get("group"))) for r in rows]
+        refs = _references(ledger, name, rows)
+    records = [run_record(r, statuses[r.run_id], refs) for r in rows]
     df = pd.DataFrame.from_records(records)
     if df.empty:
         return df

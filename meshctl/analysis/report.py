@@ -30,14 +30,17 @@ if TYPE_CHECKING:
 FORMATS = ("markdown", "csv", "latex", "json", "html")
 COLUMN_NOTES = (
     "non-emb params: weights stored outside the embeddings (a shared core counted once); "
-    "Δ non-emb: change vs the scale's vanilla model; FLOPs/token: training FLOPs per token "
-    "(palm formula: 6(N + V·d) + 12·L·d·T, unrolled layers); tokens: planned training tokens; "
-    "val loss: validation loss (nats/token, first eval set) / delta vs vanilla; "
+    "Δ non-emb: change vs the reference (the group's vanilla model of the same width and unrolled depth); "
+    "FLOPs/token: training FLOPs per token (palm formula: 6(N + V·d) + 12·L·d·T, unrolled layers); "
+    "tokens: planned training tokens; "
+    "val loss: validation loss (nats/token, first eval set) / delta vs the reference; "
     "PPL: validation perplexity per eval set; k-shot avg: mean accuracy (%) over the evaluated tasks "
-    "/ delta vs vanilla in points; seeds: completed/planned runs. Bold: best per scale and column. "
+    "/ delta vs the reference in points; seeds: completed/planned runs. Bold: best per scale and column. "
     "mean ± std over seeds; an unfinished model shows its state."
 )
 
+UNMATCHED_NOTE = ("No deltas (—) for {}: the group has no vanilla model of that width and unrolled depth to "
+                  "compare with; make it the group's reference (e.g. vanilla: {{preset: tiny-128, n_layer: 6}}).")
 SUBSET_NOTE = (f"{SUBSET_MARK}: from evaluations on a subset of the documents (meshctl eval --limit), "
                "not comparable with whole-task accuracies.")
 
@@ -104,6 +107,9 @@ def _intro(report: Report) -> list[str]:
         lines.append("Variants differ in: " + ", ".join(report.summary.varying) + " (from the run specs).")
     if any(_has_subset_cells(table) for table in report.summary.tables):
         lines.append(SUBSET_NOTE)
+    unmatched = [f"{t.group}: {', '.join(t.unmatched)}" for t in report.summary.tables if t.unmatched]
+    if unmatched:
+        lines.append(UNMATCHED_NOTE.format("; ".join(unmatched)))
     return lines
 
 
@@ -237,8 +243,8 @@ def records(frame: "pd.DataFrame") -> list[dict[str, Any]]:
 def cells(report: Report) -> list[dict[str, Any]]:
     """Per model (runs differing only by seed): mean, std and count of every result column."""
     df = report.frame
-    id_cols = [c for c in ("group", "variant", "family", "recurrence", "mesh_slots", "structure", "cell")
-               if c in df]
+    id_cols = [c for c in ("group", "variant", "family", "recurrence", "mesh_slots", "structure", "shape",
+                           "cell") if c in df]
     results = [c for c in df.columns if c in ("train_loss", "val_loss", "perplexity")
                or c.startswith(("val_loss_", "ppl_", "acc_", "delta_"))]
     out = []

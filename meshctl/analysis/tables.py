@@ -4,9 +4,11 @@ Layout of Table 1 (reference/mesh-paper.md §5.1): rows vanilla, then the recurs
 the sweep's order; columns the variant, its structure (`4+8R2+4`; a vanilla model's layer count), the
 keys the group's variants differ in (found in the specs: `B` = mesh_slots for Table 3, the recurrence
 scheme for Table 4, the family for Table 6; a key equal to the variant name row by row is not repeated),
-non-embedding parameters and their change vs the group's vanilla, FLOPs/token (formula named), tokens,
-validation loss and perplexity per eval set, downstream average accuracy with its delta vs vanilla
-(absolute points) and per-task accuracy where evaluations exist, and the seeds completed.
+non-embedding parameters and their change vs the row's reference, FLOPs/token (formula named), tokens,
+validation loss and perplexity per eval set, downstream average accuracy with its delta vs the reference
+(absolute points) and per-task accuracy where evaluations exist, and the seeds completed. The reference
+of a row is the group's vanilla model of its width and unrolled depth (`shape`, see collect); a row of
+no vanilla model's shape shows no deltas and is listed in `GroupTable.unmatched` for the report's note.
 
 A cell of several seeds is `mean ± std` (sample std); a model none of whose runs completed shows its
 state instead (`running 120/300`). The best value per group and result column is marked.
@@ -61,6 +63,7 @@ class Row:
 
     family: str
     cells: dict[str, Cell]
+    shape: str | None = None  # width and unrolled depth: the vanilla row of the same shape is the reference
 
     def __getitem__(self, key: str) -> Cell:
         return self.cells[key]
@@ -71,6 +74,7 @@ class GroupTable:
     group: str
     columns: list[Column]
     rows: list[Row]
+    unmatched: list[str] = field(default_factory=list)  # rows with no reference: `base 1+2R2+1 (d128 L6)`
 
 
 @dataclass
@@ -217,6 +221,7 @@ def group_table(group: str, runs: "pd.DataFrame", varying: list[str], results: l
     ids = _id_columns(runs, varying)
     columns = [*ids, *CONFIG_COLUMNS, *results, Column("seeds", "seeds", "seeds")]
     rows: list[Row] = []
+    unmatched: list[str] = []
     for _, cell_runs in runs.sort_values("position").groupby("cell", sort=False):
         first = cell_runs.iloc[0]
         done = cell_runs[cell_runs["state"] == "completed"]
@@ -226,25 +231,27 @@ def group_table(group: str, runs: "pd.DataFrame", varying: list[str], results: l
         row.update({c.key: _result_cell(c.key, done, pending) for c in results})
         seeds = f"{len(done)}/{len(cell_runs)}"
         row["seeds"] = Cell(seeds + (f" ({pending})" if pending and len(done) else ""), float(len(done)))
-        rows.append(Row(str(first["family"]), row))
+        shape = _id_text(first.get("shape"))
+        rows.append(Row(str(first["family"]), row, shape))
+        if first["family"] != "vanilla" and not _present(first.get("non_embedding_vs_vanilla_pct")):
+            unmatched.append(f"{row['variant'].text} {row['structure'].text} ({shape})")
     _deltas(rows, results)
     _mark_best(rows, results)
-    return GroupTable(group, columns, rows)
+    return GroupTable(group, columns, rows, unmatched)
 
 
 def _deltas(rows: list[Row], results: list[Column]) -> None:
-    """`value / delta vs vanilla`: average accuracy in absolute points, as the paper; validation loss."""
-    vanilla = next((r for r in rows if r.family == "vanilla"), None)
-    if vanilla is None:
-        return
-    for col in results:
-        accuracy = col.key.startswith("acc_") and col.key.endswith("shot_avg")
-        reference = vanilla[col.key].mean
-        if not (accuracy or col.key == "val_loss") or reference is None:
+    """`value / delta vs reference`: average accuracy in absolute points, as the paper; validation loss.
+    A row's reference is the vanilla row of its shape; a row of no vanilla row's shape gets no delta."""
+    references = {r.shape: r for r in rows if r.family == "vanilla"}
+    for row in rows:
+        vanilla = references.get(row.shape)
+        if vanilla is None or row is vanilla:
             continue
-        for row in rows:
-            cell = row[col.key]
-            if row is not vanilla and cell.mean is not None:
+        for col in results:
+            accuracy = col.key.startswith("acc_") and col.key.endswith("shot_avg")
+            reference, cell = vanilla[col.key].mean, row[col.key]
+            if (accuracy or col.key == "val_loss") and reference is not None and cell.mean is not None:
                 delta = 100 * (cell.mean - reference) if accuracy else cell.mean - reference
                 cell.text += f" / {signed(delta, 2 if accuracy else 4)}"
 

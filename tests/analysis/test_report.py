@@ -351,3 +351,47 @@ def test_accuracies_from_part_of_a_task_are_marked(report: Any) -> None:
     body = "\n".join(ln for ln in render(marked, "latex").splitlines() if not ln.startswith("%"))
     assert body.count("\\textsuperscript{\\dag}") == 3  # two cells and the t64 caption's note
     assert body.count("{") == body.count("}")
+
+
+def _finish(results: Path, planned: list[Any], val_loss: dict[str, float]) -> None:
+    """final.json as a completed run leaves it (the fields the report reads), by variant label."""
+    for run in planned:
+        run_dir = results / "runs" / run.run_id
+        run_dir.mkdir(parents=True)
+        loss = val_loss[run.labels["variant"]] + 0.01 * run.labels["seed"]
+        (run_dir / "final.json").write_text(json.dumps({"val_loss": loss, "perplexity": math.exp(loss)}))
+
+
+def test_each_row_is_compared_with_the_vanilla_model_it_is_matched_to(tmp_path: Path) -> None:
+    """A 6-layer reference given as a preset with changes; and the workaround it replaces (a 6-layer
+    variant under the 4-layer preset), whose row must never be compared with the 4-layer model."""
+    from meshctl.analysis.report import build_report, render
+    from meshctl.models import count_params, resolve
+
+    spec = sweep_spec(tmp_path / "data")
+    spec["groups"] = [
+        {"name": "d6", "vanilla": {"preset": "tiny-128", "n_layer": 6}, "variants": [{"structure": "1+2R2+1"}]},
+        {"name": "workaround", "vanilla": "tiny-128", "variants": [
+            {"structure": "1+2R2+1", "recurrence": "anchor", "model": {"n_layer": 6}, "label": "anchor-L6"},
+            {"structure": "1+1R2+1", "label": "base-L4"}]},
+    ]
+    _finish(tmp_path, register(tmp_path, spec), {"vanilla": 5.0, "base": 5.25, "anchor-L6": 5.5, "base-L4": 5.75})
+    report = build_report(tmp_path, NAME)
+    d6, workaround = report.summary.tables
+    reference = count_params(resolve({"preset": "tiny-128", "n_layer": 6})).non_embedding
+    base = count_params(resolve({"preset": "tiny-128", "n_layer": 6, "structure": "1+2R2+1"})).non_embedding
+    assert reference == 1_189_888 and base == 793_344
+    assert _row(d6, "vanilla")["structure"].text == "6" and d6.unmatched == []
+    assert _row(d6, "base")["non_embedding_vs_vanilla_pct"].text == "\u221233.3%"
+    assert _row(d6, "base")["val_loss"].text == "5.2550 ± 0.0071 / +0.2500"
+    # the workaround: the 4-layer variant has its reference, the 6-layer one none (never the 4-layer model)
+    assert _row(workaround, "base-L4")["non_embedding_vs_vanilla_pct"].text == "\u221225.0%"
+    assert _row(workaround, "base-L4")["val_loss"].text.endswith(" / +0.7500")
+    assert _row(workaround, "anchor-L6")["non_embedding_vs_vanilla_pct"].text == "—"
+    assert _row(workaround, "anchor-L6")["val_loss"].text == "5.5050 ± 0.0071"
+    assert workaround.unmatched == ["anchor-L6 1+2R2+1 (d128 L6)"]
+    df = report.frame.set_index(["group", "variant", "seed"])
+    assert df.loc[("workaround", "anchor-L6", 0), "shape"] == "d128 L6"
+    assert math.isnan(df.loc[("workaround", "anchor-L6", 0), "delta_val_loss_vs_vanilla"])
+    assert df.loc[("d6", "base", 1), "delta_val_loss_vs_vanilla"] == pytest.approx(5.26 - 5.005)
+    assert "No deltas (—) for workaround: anchor-L6 1+2R2+1 (d128 L6)" in render(report, "markdown")
