@@ -71,7 +71,7 @@ def import_data(
     else:
         splits = {"train": record(prefix, out, shards, bins, (0, n)), "validation": borrowed_split(validation, sha)}  # type: ignore[arg-type]
 
-    settings = ImportSettings(input=os.fspath(input), tokenizer=tokenizer, validation=validation, val_samples=val_samples)
+    settings = ImportSettings(input=str(prefix), tokenizer=tokenizer, validation=validation, val_samples=val_samples)
     claim_directory(out, settings, 0, force)  # type: ignore[arg-type]
     tok_path = out / "tokenizer.json"
     if tok_file.resolve() != tok_path.resolve():  # type: ignore[union-attr]

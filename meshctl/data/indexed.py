@@ -24,7 +24,7 @@ from types import TracebackType
 
 import numpy as np
 
-from meshctl.data.shards import TokenStream, shard_files
+from meshctl.data.shards import TokenStream, missing_last_shard, shard_files
 from meshctl.errors import BadInput
 
 MAGIC = b"MMIDIDX\x00\x00"
@@ -206,7 +206,7 @@ class IndexedDataset:
         self.bin_bytes = sum(len(m) for m in maps)
         if self.bin_bytes < self.needed_bytes:
             what = "truncated (" + (f"{len(bins)} shards hold " if len(bins) > 1 else "") + f"{self.bin_bytes} bytes"
-            raise BadInput(f"{bins[-1]}: {what}, the index needs {self.needed_bytes}); "
+            raise BadInput(f"{bins[-1]}: {what}, the index needs {self.needed_bytes}){missing_last_shard(bins)}; "
                            "a file is missing or cut short: download or prepare it again")
         start, stop = self.entries if self.entries is not None else (0, n)
         if not 0 <= start <= stop <= n:
@@ -278,7 +278,9 @@ class IndexedDataset:
             raise BadInput(f"{idx}: doc_idx runs {int(self.doc_idx[0])}..{int(self.doc_idx[-1])}, not within the "
                            f"{n} entries; use the .idx that came with the data")
         if exact and self.bin_bytes != self.needed_bytes:
-            raise BadInput(f"{self.bin_files()[0]}: {self.bin_bytes} bytes of tokens, the index needs exactly "
+            bins = self.bin_files()
+            held = f"{len(bins)} shards hold" if len(bins) > 1 else "holds"
+            raise BadInput(f"{bins[-1]}: {held} {self.bin_bytes} bytes, the index needs exactly "
                            f"{self.needed_bytes}; the .bin and .idx are not a pair")
 
     # memmaps pickle as full copies: DataLoader workers reopen the files instead

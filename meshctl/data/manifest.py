@@ -66,7 +66,7 @@ class ImportSettings(BaseModel):
     """The request that registered existing .bin/.idx data; a second import with other settings needs --force."""
 
     model_config = ConfigDict(extra="forbid")
-    input: str = Field(description="The data as given: a prefix, an .idx, or a shard.")
+    input: str = Field(description="The absolute .idx prefix the input (a prefix, .idx or shard) names.")
     tokenizer: str = Field(description="neox, or the tokenizer path as given.")
     validation: str | None = Field(description="DIR[:SPLIT] the validation split comes from, or None.")
     val_samples: int | None = Field(description="Entries held out at the end of the index, or None.")

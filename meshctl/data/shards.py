@@ -43,6 +43,14 @@ def shard_files(prefix: str | os.PathLike) -> list[Path]:
     return [found[i] for i in sorted(found)]
 
 
+def missing_last_shard(bins: list[Path]) -> str:
+    """A hint when shards `0 .. M-1` of `-of-M` end short: Pythia's set has one more, `M-of-M`."""
+    m = SHARD.match(bins[-1].name) if len(bins) > 1 else None
+    if m is None or int(m["index"]) != int(m["of"]) - 1:
+        return ""
+    return f" (is {m['name']}-{m['of']}-of-{m['of']}.bin missing?)"
+
+
 class TokenStream:
     """Tokens laid end to end over one or more files (byte-range shards of one .bin), read as one array:
     `stream[a:b]` is a view when the range lies in one file and a copy when it straddles two; `stream[i]` an int.

@@ -20,7 +20,7 @@ def neox_tokens(demo_documents: list[str]) -> np.ndarray:
 
     tok = tk.load_tokenizer(tk.tokenizer_file("neox"))  # type: ignore[arg-type]
     eod, text, ids = tk.eod_token_id(tok), 0, []
-    for enc, doc in zip(tok.encode_batch(demo_documents[:200], add_special_tokens=False), demo_documents):
+    for enc, doc in zip(tok.encode_batch(demo_documents, add_special_tokens=False), demo_documents):
         ids += [*enc.ids, eod]
         text += len(doc)
         if text > 300_000:
