@@ -43,6 +43,7 @@ bench: install
 	$(BIN)/python benchmarks/speed.py
 	$(BIN)/python benchmarks/allocator.py
 	$(BIN)/python benchmarks/orchestration.py
+	$(BIN)/python benchmarks/prepare.py
 
 # For a GPU machine without an index (benchmarks/gpu_check.py): wheels of what its image may lack, for
 # CPython 3.12 x86-64, at the versions this venv runs. Install there with pip --no-index --target.
