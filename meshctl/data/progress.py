@@ -20,7 +20,7 @@ class PrepareProgress:
             from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
             self._bar = Progress(
-                TextColumn("{task.description}"), BarColumn(), DownloadColumn(), _rates(), TimeRemainingColumn(),
+                TextColumn("{task.description}"), BarColumn(bar_width=20), DownloadColumn(), _rates(), TimeRemainingColumn(),
                 console=Console(stderr=True), transient=True,
             )
 
@@ -59,7 +59,7 @@ def _rates():
             docs, tokens = task.fields.get("docs", 0), task.fields.get("tokens", 0)
             text = f"{docs / elapsed:,.0f} docs/s"
             if tokens:
-                text += f"  {tokens / elapsed:,.0f} tokens/s"
+                text += f" {tokens / elapsed / 1e3:,.0f}k tokens/s"
             return Text(text)
 
     return Rates()
