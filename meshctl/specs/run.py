@@ -138,7 +138,8 @@ class RunSpec(BaseModel):
         t = self.train
         return (
             isinstance(self.model, dict) and "preset" not in self.model and self.data.seq_len is not None
-            and self.data.eval_sets is not None and self.data.shuffle is not None and t.max_steps is not None and t.tokens is None
+            and self.data.eval_sets is not None and self.data.shuffle is not None
+            and t.max_steps is not None and t.tokens is None
             and t.global_batch is not None and t.global_batch_tokens is None and t.micro_batch is not None
             and t.lr is not None and t.precision is not None and None not in (
                 t.log_every, t.val_every, t.val_batches, t.ckpt_every)

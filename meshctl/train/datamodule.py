@@ -4,8 +4,9 @@ The order is a function of the optimizer step: global batch k is the windows
 `perm(epoch)[j * G : (j + 1) * G]` with `epoch, j = divmod(k, steps_per_epoch)`, `perm` a bijection
 seeded by (seed, epoch) (identity when `shuffle` is off) and G the global batch; rank r of W reads the
 r-th of W equal slices of it, in micro-batches. `perm` is evaluated only at the positions a step reads
-(`meshctl.data.permutation`), so no array as long as the data (146M samples for the Pile) is ever built. A checkpoint records the step it was taken at (with
-epoch and position for people), so a resumed run reads exactly the batches an uninterrupted one would.
+(`meshctl.data.permutation`), so no array as long as the data (146M samples for the Pile) is ever built.
+A checkpoint records the step it was taken at (with epoch and position for people) and the order's name,
+so a resumed run reads exactly the batches an uninterrupted one would.
 Lightning sees a single epoch as long as the whole run, so its own epoch logic never reorders anything.
 """
 
