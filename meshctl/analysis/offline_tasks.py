@@ -52,13 +52,12 @@ class OfflineTaskSettings:
 
 def held_out_documents(data_dir: str | Path, split: str = "validation", max_tokens: int = 2_000_000) -> list[str]:
     """The split's documents as text: its tokens (up to max_tokens) cut at end-of-document and decoded."""
-    from meshctl.data.indexed import IndexedDataset
     from meshctl.data.manifest import load_manifest
     from meshctl.data.tokenizer import load_tokenizer
 
     manifest = load_manifest(data_dir)
     tokenizer = load_tokenizer(Path(data_dir) / manifest.tokenizer.path)
-    ds = IndexedDataset(manifest.prefix(data_dir, split))
+    ds = manifest.dataset(data_dir, split)  # its shards and entries, for imported data too
     tokens = np.asarray(ds.tokens[: max_tokens], dtype=np.int64)
     cuts = np.flatnonzero(tokens == manifest.tokenizer.eod_token_id)
     docs, start = [], 0

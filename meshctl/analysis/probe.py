@@ -92,11 +92,10 @@ def stages(model: torch.nn.Module, n_loop: int | None) -> tuple[list[tuple[str, 
 
 def probe_windows(data_dir: str | Path, split: str, samples: int, seq_len: int) -> torch.Tensor:
     """`samples` windows of seq_len tokens spread evenly over the split (they overlap when it is short)."""
-    from meshctl.data.indexed import IndexedDataset
     from meshctl.data.manifest import load_manifest
 
     manifest = load_manifest(data_dir)
-    tokens = IndexedDataset(manifest.prefix(data_dir, split)).tokens
+    tokens = manifest.dataset(data_dir, split).tokens  # its shards and entries, for imported data too
     if len(tokens) < seq_len:
         raise BadInput(f"{data_dir} split {split!r} has {len(tokens)} tokens, fewer than --seq-len {seq_len}; lower it")
     starts = np.linspace(0, len(tokens) - seq_len, samples).round().astype(np.int64)

@@ -9,6 +9,8 @@ from meshctl.models.presets import PRESETS, get_preset, resolve
 from meshctl.models.spec import ModelSpec, parse_structure
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from torch import nn
 
 
@@ -26,11 +28,11 @@ def build(name_or_spec: str | dict[str, Any] | ModelSpec, seed: int | None = Non
         return build_module(spec)
 
 
-def export_hf(model: "nn.Module", out_dir: str) -> None:
-    """Write a vanilla model as a directory `transformers.GPTNeoXForCausalLM.from_pretrained` loads."""
+def export_hf(model: "nn.Module", out_dir: "str | Path") -> "Path":
+    """Write a vanilla model as a directory `transformers.GPTNeoXForCausalLM.from_pretrained` loads; returns it."""
     from meshctl.models.export import export_hf as _export
 
-    _export(model, out_dir)
+    return _export(model, out_dir)
 
 
 __all__ = [

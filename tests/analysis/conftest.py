@@ -75,10 +75,9 @@ def train(model: Any, data_dir: Path, steps: int, seq_len: int = 64, batch: int 
     import torch
     import torch.nn.functional as F
 
-    from meshctl.data.indexed import IndexedDataset
     from meshctl.data.manifest import load_manifest
 
-    tokens = torch.from_numpy(IndexedDataset(load_manifest(data_dir).prefix(data_dir, "train")).tokens[:].astype("int64"))
+    tokens = torch.from_numpy(load_manifest(data_dir).dataset(data_dir, "train").tokens[:].astype("int64"))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     g = torch.Generator().manual_seed(0)
     model.train()
