@@ -9,22 +9,20 @@ import json
 import pytest
 import torch
 
-from tests.orchestrate.helpers import meshctl, write_spec
+from tests.orchestrate.helpers import meshctl, tiny_sweep, write_spec
 
 pytestmark = pytest.mark.slow
 
 
 def pythia_ladder(data, name: str = "paper70m") -> dict:
-    return {
-        "name": name,
-        "data": {"path": str(data), "seq_len": 32},
-        "train": {"global_batch": 2, "micro_batch": 2, "tokens": 192, "log_every": 1, "val_every": 3,
-                  "val_batches": 1, "ckpt_every": 3, "precision": "32"},
-        "seeds": [0],
-        "executor": {"kind": "local", "max_parallel": 2, "resources": {"timeout_min": 15}},
-        "groups": [{"name": "70m", "vanilla": "pythia-70m",
-                    "variants": [{"structure": "1+2R2+1", "recurrence": ["base", "mesh"]}]}],
-    }
+    """Pythia-70m: vanilla (6 layers), base and MeSH 1+2R2+1 (4 stored layers, 6 applied), 3 steps of 64 tokens."""
+    return tiny_sweep(
+        data, name,
+        train={"global_batch": 2, "micro_batch": 2, "tokens": 192, "log_every": 1, "val_every": 3,
+               "val_batches": 1, "ckpt_every": 3, "precision": "32"},
+        groups=[{"name": "70m", "vanilla": "pythia-70m",
+                 "variants": [{"structure": "1+2R2+1", "recurrence": ["base", "mesh"]}]}],
+    )
 
 
 @pytest.fixture(scope="module")
