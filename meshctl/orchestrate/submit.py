@@ -40,20 +40,30 @@ def run_dir_of(results_dir: Path, run_id: str) -> Path:
 
 
 def check_data(planned: list[PlannedRun]) -> None:
-    """Refuse before submitting: every data path prepared, tokenizer vocab within every model's."""
-    from meshctl.data.manifest import load_manifest
+    """Refuse before submitting: every data path prepared, tokenizer vocab within every model's, and in
+    samples mode entries of seq_len + 1 tokens (checked on the first and last: a job would find out later)."""
+    from meshctl.data.manifest import Manifest, load_manifest
 
-    checked: dict[str, int] = {}
+    checked: dict[str, Manifest] = {}
     for run in planned:
-        path = run.spec.data.path
-        if path not in checked:
+        data = run.spec.data
+        if data.path not in checked:
             try:
-                checked[path] = load_manifest(path).tokenizer.vocab_size
+                checked[data.path] = load_manifest(data.path)
             except BadInput as exc:
-                raise BadInput(f"data.path: {exc}; prepare it with `meshctl data prepare ... --out {path}`") from None
-        mismatch = run.spec.model_spec().embedding_mismatch(checked[path])
+                raise BadInput(f"data.path: {exc}; prepare it with `meshctl data prepare ... --out {data.path}`") from None
+        manifest = checked[data.path]
+        mismatch = run.spec.model_spec().embedding_mismatch(manifest.tokenizer.vocab_size)
         if mismatch:
-            raise BadInput(f"{run.where}: data.path {path}: {mismatch}")
+            raise BadInput(f"{run.where}: data.path {data.path}: {mismatch}")
+        if data.mode == "samples":
+            sizes = manifest.dataset(data.path, data.split).sizes
+            other = next((int(n) for n in sizes[[0, -1]] if n != data.seq_len + 1), None) if len(sizes) else None
+            if other is not None:
+                raise BadInput(
+                    f"{run.where}: data.mode samples reads entries of data.seq_len + 1 = {data.seq_len + 1} tokens, "
+                    f"but {data.path} holds {other}-token entries; set data.seq_len: {other - 1} or data.mode: packed"
+                )
 
 
 def check_eval(sweep: SweepSpec) -> None:
