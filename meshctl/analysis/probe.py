@@ -20,6 +20,7 @@ layer_1..layer_L, states h_emb, layer_1..layer_L). The result is `<run_dir>/prob
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from datetime import datetime, timezone
@@ -180,13 +181,12 @@ def probe_run(run_dir: str | Path, samples: int = 500, n_loop: int | None = None
         raise BadInput(f"--loops {n_loop}: {run_dir.name} is a vanilla model; test-time depth applies to recursive models")
     if n_loop is not None and (n_loop < 1 or (not spec.shares_core and n_loop != spec.n_loop)):
         raise BadInput(f"--loops {n_loop}: must be >= 1, and equal {spec.n_loop} for a {spec.family} model")
-    seq_len = seq_len or loaded.spec.data.seq_len or spec.block_size
+    seq_len = _seq_len(loaded.spec, seq_len)
     if seq_len > spec.block_size:
         raise BadInput(f"--seq-len {seq_len}: exceeds the model's block_size {spec.block_size}")
     windows = probe_windows(loaded.spec.data.path, split, samples, seq_len)
     result = probe_model(loaded.model, windows, n_loop=n_loop, batch_size=batch_size)
-    depth = n_loop if recursive and n_loop is not None and n_loop != spec.n_loop else None
-    suffix = f".loops{depth}" if depth is not None else ""
+    suffix = _suffix(recursive, spec.n_loop, n_loop)
     out_dir = run_dir / "probe"
     out_dir.mkdir(parents=True, exist_ok=True)
     document = {
@@ -209,3 +209,31 @@ def probe_run(run_dir: str | Path, samples: int = 500, n_loop: int | None = None
         document["figures"] = [p.name for p in write_figures(document, out_dir, suffix)]
     write_json_atomic(out_dir / f"probe{suffix}.json", document)
     return document
+
+
+def _seq_len(run_spec: Any, seq_len: int | None) -> int:
+    return seq_len or run_spec.data.seq_len or run_spec.model_spec().block_size
+
+
+def _suffix(recursive: bool, trained_n_loop: int, n_loop: int | None) -> str:
+    """'' at the trained depth, '.loops<K>' at another one: probe files of both depths live side by side."""
+    return f".loops{n_loop}" if recursive and n_loop is not None and n_loop != trained_n_loop else ""
+
+
+def cached_probe(run_dir: str | Path, samples: int = 500, n_loop: int | None = None, seq_len: int | None = None,
+                 split: str = "validation") -> dict[str, Any] | None:
+    """The run's probe document when one was made with these settings from its current checkpoint, else None
+    (a checkpoint newer than the file means the run trained on since)."""
+    from meshctl.analysis.loading import checkpoint_path, read_spec
+
+    run_dir = Path(run_dir)
+    spec = read_spec(run_dir)
+    model = spec.model_spec()
+    path = run_dir / "probe" / f"probe{_suffix(model.family != 'vanilla', model.n_loop, n_loop)}.json"
+    try:
+        doc = json.loads(path.read_text())
+        fresh = path.stat().st_mtime >= checkpoint_path(run_dir).stat().st_mtime
+    except (OSError, ValueError, BadInput):
+        return None
+    want = {"path": spec.data.path, "split": split, "samples": samples, "seq_len": _seq_len(spec, seq_len)}
+    return doc if fresh and doc.get("schema") == SCHEMA and doc.get("data") == want else None
