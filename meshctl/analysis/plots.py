@@ -5,7 +5,8 @@
   its state is in the legend);
 - `scaling.png`: the paper's Fig. 7 — non-embedding parameters vs validation loss, and vs average
   downstream accuracy where evaluations exist. One line across the scales per variant and loop count
-  (e.g. `mesh R2 (−33%)`); vanilla black and dashed, MeSH red; error bars = std over seeds.
+  (e.g. `mesh R2 (−33%)`); vanilla black and dashed, MeSH red; points are the mean over completed seeds,
+  error bars ±1 sample standard deviation over seeds (none for one seed), as the figure's caption says.
 """
 
 from __future__ import annotations
@@ -165,18 +166,28 @@ def _line_label(run: Any, runs: "pd.DataFrame") -> str:
     return label if pct != pct else f"{label} ({f'{pct:+.0f}'.replace('-', MINUS)}%)"
 
 
+ERROR_BARS = "points: mean over completed seeds; error bars: \u00b11 sample std over seeds (none for one seed)"
+
+
 def _series(df: "pd.DataFrame", value: str) -> dict[str, list[tuple[float, float, float]]]:
-    """line label -> [(non-emb params, mean, std)] over completed runs, one point per model."""
+    """line label -> [(non-emb params, mean, std)] over completed runs, one point per model; std is NaN
+    for one seed (no bar drawn, rather than a zero-length one that reads as no variation)."""
     done = df[(df["state"] == "completed") & df[value].notna()] if value in df else df.iloc[0:0]
     out: dict[str, list[tuple[float, float, float]]] = {}
     for _, runs in done.groupby("cell", sort=False):
-        std = float(runs[value].std(ddof=1)) if len(runs) > 1 else 0.0
+        std = float(runs[value].std(ddof=1)) if len(runs) > 1 else float("nan")
         point = (float(runs.iloc[0]["params_non_embedding"]), float(runs[value].mean()), std)
         out.setdefault(_line_label(runs.iloc[0], df), []).append(point)
     return {k: sorted(v) for k, v in out.items()}
 
 
 def scaling(df: "pd.DataFrame", path: Path, sweep: str) -> Path:
+    scaling_figure(df, sweep).savefig(path, dpi=120)
+    return path
+
+
+def scaling_figure(df: "pd.DataFrame", sweep: str) -> Any:
+    """The Fig. 7 panels (an `ErrorbarContainer` per line), for `scaling` to save."""
     panels = [("val_loss", "validation loss (nats/token)", 1.0)]
     panels += [(f"acc_{k}shot_avg", f"{k}-shot average accuracy (%)", 100.0) for k in fewshots(df.columns)]
     fig, axes = _figure(len(panels), 5.5)
@@ -200,9 +211,9 @@ def scaling(df: "pd.DataFrame", path: Path, sweep: str) -> Path:
             ax.set_xticks([], minor=True)
             ax.set_xticks([])
     fig.suptitle(f"{sweep}: scaling (vanilla vs recursive vs MeSH)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return path
+    fig.text(0.5, 0.01, ERROR_BARS, ha="center", va="bottom", fontsize=8, color="dimgray")
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    return fig
 
 
 def write_plots(df: "pd.DataFrame", out_dir: str | Path, sweep: str) -> list[Path]:

@@ -6,7 +6,17 @@ formats end with a provenance footer: sweep, spec hash (the ledger's hash of the
 mapping), meshctl version, git commit of the meshctl checkout (none when not one), UTC date.
 CSV is the tidy frame; JSON is one document: provenance, coverage, the keys the variants differ in,
 `runs` (the tidy frame, one record per run, NaN as null: `pandas.DataFrame(doc["runs"])` gives it
-back) and `cells` (per model: the seeds' mean, std and count of each result column).
+back), `cells` (per model: the seeds' mean, std and count of each result column) and `paired`.
+
+Paired statistics (`meshctl.analysis.comparisons`): every text format lists, under each scale's table,
+one verdict per variant against base and against vanilla. JSON `paired` has one record per comparison:
+group, metric (`val_loss`, `acc_<k>shot_avg`), better (`lower`|`higher`), variant, reference (`base`|
+`vanilla`), reference_variant, paired (both planned on the same seeds), variant_seeds, reference_seeds,
+seeds (the completed pairs), pending_seeds, differences (variant - reference per pair, frame units:
+nats, accuracy fractions), n, mean, sd, ci_level, ci_low, ci_high (Student t; null below 2 pairs), wins
+(pairs where the variant is better), excludes_zero, verdict. The tidy frame (CSV, JSON `runs`) carries
+them as `paired_<metric>_vs_<reference>` (the run minus the reference's run of its seed) and
+`paired_<metric>_vs_<reference>_{mean,sd,ci_low,ci_high,n,wins,verdict}` on every run of the variant.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from meshctl.analysis.comparisons import record, with_columns
 from meshctl.analysis.tables import MINUS, SUBSET_MARK, GroupTable, Summary, coverage_line, summarize
 from meshctl.errors import BadInput
 
@@ -41,6 +52,8 @@ COLUMN_NOTES = (
 
 UNMATCHED_NOTE = ("No deltas (—) for {}: the group has no vanilla model of that width and unrolled depth to "
                   "compare with; make it the group's reference (e.g. vanilla: {{preset: tiny-128, n_layer: 6}}).")
+PAIRED_HEADING = (f"Paired over seeds (variant {MINUS} reference on the same seed: mean ± sd of the differences, "
+                  "Student-t 95% CI, seeds where the variant is better):")
 SUBSET_NOTE = (f"{SUBSET_MARK}: from evaluations on a subset of the documents (meshctl eval --limit), "
                "not comparable with whole-task accuracies.")
 
@@ -93,7 +106,9 @@ def build_report(results_dir: str | Path, sweep: str | None = None) -> Report:
         raw = ledger.sweep_spec(name)
     if frame.empty:
         raise BadInput(f"SWEEP: sweep {name!r} has no runs in {ledger_path(results_dir)}")
-    return Report(name, str((raw or {}).get("description") or ""), frame, summarize(frame), provenance(name, raw))
+    summary = summarize(frame)
+    frame = with_columns(frame, [c for t in summary.tables for c in t.paired])
+    return Report(name, str((raw or {}).get("description") or ""), frame, summary, provenance(name, raw))
 
 
 def _footer(p: dict[str, Any]) -> str:
@@ -137,6 +152,8 @@ def to_markdown(report: Report) -> str:
                 cells.append(f"**{text}**" if cell.best else (f"*{text}*" if cell.pending else text))
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
+        if table.paired:
+            out += [PAIRED_HEADING, "", *(f"- {c.verdict}" for c in table.paired), ""]
     out += [COLUMN_NOTES, "", "---", "", _footer(report.provenance), ""]
     return "\n".join(out)
 
@@ -169,8 +186,11 @@ def to_latex(report: Report) -> str:
                 cells.append(f"\\textbf{{{text}}}" if row[c.key].best else
                              (f"\\textit{{{text}}}" if row[c.key].pending else text))
             out.append(" & ".join(cells) + " \\\\")
-        out += ["\\bottomrule", "\\end{tabular}",
-                f"\\caption{{{latex_escape(report.sweep)}, scale {latex_escape(table.group)}. "
+        out += ["\\bottomrule", "\\end{tabular}"]
+        if table.paired:
+            lines = [latex_escape(PAIRED_HEADING), *(latex_escape(c.verdict) for c in table.paired)]
+            out += ["\\par\\smallskip{\\footnotesize", " \\\\\n".join(lines) + "}"]
+        out += [f"\\caption{{{latex_escape(report.sweep)}, scale {latex_escape(table.group)}. "
                 f"{latex_escape(coverage_line(report.summary.coverage))}"
                 + (f" {latex_escape(SUBSET_NOTE)}" if _has_subset_cells(table) else "") + "}",
                 f"\\label{{tab:{_label(report.sweep)}-{_label(table.group)}}}", "\\end{table}", ""]
@@ -207,6 +227,9 @@ def to_html(report: Report) -> str:
                 cells.append(f"<td class=\"{klass}\">{text}</td>" if klass else f"<td>{text}</td>")
             out.append("<tr>" + "".join(cells) + "</tr>")
         out += ["</tbody>", "</table>"]
+        if table.paired:
+            out += [f"<p>{e(PAIRED_HEADING)}</p>", "<ul class=\"paired\">",
+                    *(f"<li>{e(c.verdict)}</li>" for c in table.paired), "</ul>"]
     out += [f"<p>{e(COLUMN_NOTES)}</p>", f"<footer>{e(_footer(report.provenance))}</footer>", "</body>", "</html>"]
     return "\n".join(out) + "\n"
 
@@ -273,6 +296,7 @@ def to_json(report: Report) -> str:
         "columns": list(report.frame.columns),
         "runs": records(report.frame),
         "cells": cells(report),
+        "paired": [record(c) for t in report.summary.tables for c in t.paired],
     }
     return json.dumps(document, indent=2, allow_nan=False) + "\n"
 

@@ -25,6 +25,8 @@ from meshctl.analysis.collect import fewshots
 if TYPE_CHECKING:
     import pandas as pd
 
+    from meshctl.analysis.comparisons import Comparison
+
 MINUS = "\u2212"
 SUBSET_MARK = "\u2020"  # an accuracy from evaluations on part of a task's documents (`meshctl eval --limit`)
 # Keys a group's variants may differ in, in column order; spec fields outside these and the
@@ -75,6 +77,7 @@ class GroupTable:
     columns: list[Column]
     rows: list[Row]
     unmatched: list[str] = field(default_factory=list)  # rows with no reference: `base 1+2R2+1 (d128 L6)`
+    paired: list["Comparison"] = field(default_factory=list)  # each variant vs base and vanilla, seed by seed
 
 
 @dataclass
@@ -237,7 +240,9 @@ def group_table(group: str, runs: "pd.DataFrame", varying: list[str], results: l
             unmatched.append(f"{row['variant'].text} {row['structure'].text} ({shape})")
     _deltas(rows, results)
     _mark_best(rows, results)
-    return GroupTable(group, columns, rows, unmatched)
+    from meshctl.analysis.comparisons import compare_group  # it formats with this module's `signed`
+
+    return GroupTable(group, columns, rows, unmatched, compare_group(group, runs))
 
 
 def _deltas(rows: list[Row], results: list[Column]) -> None:
