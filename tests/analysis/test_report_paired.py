@@ -249,3 +249,23 @@ def test_scaling_plot_draws_no_bar_for_one_seed(tmp_path: Path) -> None:
     for container in fig.axes[0].containers:
         assert isinstance(container, ErrorbarContainer)
         assert all(not math.isfinite(y) for seg in container.lines[2][0].get_segments() for _, y in seg)
+
+
+def test_a_reference_with_nothing_completed_yet(ladder: Any) -> None:
+    from meshctl.analysis.tables import summarize
+
+    frame = ladder.frame.copy()
+    frame.loc[frame["variant"] == "base", "state"] = "running"
+    mesh = _find(type(ladder)(ladder.sweep, "", frame, summarize(frame), {}), "mesh", "base")
+    assert mesh.pairing.n == 0 and mesh.verdict == ("mesh vs base (val loss, lower is better): no completed pair "
+                                                    "yet (seed 0, 1, 2 not completed)")
+
+
+def test_cli_prints_the_verdicts(tmp_path: Path) -> None:
+    from tests.analysis.test_report import meshctl
+
+    fake_sweep(tmp_path, "ladder", [0, 1, 2])
+    out = meshctl("report", "ladder", "--results-dir", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    assert ("- mesh vs base (val loss, lower is better): \u22120.093 ± 0.006 nats (95% CI \u22120.108 to \u22120.079), "
+            "lower on 3/3 seeds, CI excludes 0 (mesh lower)\n") in out.stdout
