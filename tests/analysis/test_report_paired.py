@@ -111,7 +111,9 @@ def ladder(tmp_path: Path) -> Any:
 
 
 def _find(report: Any, variant: str, reference: str, metric: str = "val_loss") -> Any:
-    return next(c for t in report.summary.tables for c in t.paired
+    """The comparison of a report (or of a summary)."""
+    summary = getattr(report, "summary", report)
+    return next(c for t in summary.tables for c in t.paired
                 if (c.variant, c.reference, c.metric.key) == (variant, reference, metric))
 
 
@@ -202,7 +204,7 @@ def test_unpaired_models_are_compared_on_their_shared_seeds(ladder: Any) -> None
 
     frame = ladder.frame[~((ladder.frame["variant"] == "base") & (ladder.frame["seed"] == 0))]
     summary = summarize(frame)
-    mesh = next(c for c in summary.tables[0].paired if (c.variant, c.reference, c.metric.key) == ("mesh", "base", "val_loss"))
+    mesh = _find(summary, "mesh", "base")
     assert not mesh.pairing.paired and mesh.pairing.seeds == [1, 2]
     assert mesh.verdict.startswith("mesh vs base (val loss, lower is better): unpaired (mesh seeds 0, 1, 2; base "
                                    "seeds 1, 2), compared on the shared seeds 1, 2 only: \u22120.090 ± 0.000 nats")
@@ -256,7 +258,7 @@ def test_a_reference_with_nothing_completed_yet(ladder: Any) -> None:
 
     frame = ladder.frame.copy()
     frame.loc[frame["variant"] == "base", "state"] = "running"
-    mesh = _find(type(ladder)(ladder.sweep, "", frame, summarize(frame), {}), "mesh", "base")
+    mesh = _find(summarize(frame), "mesh", "base")
     assert mesh.pairing.n == 0 and mesh.verdict == ("mesh vs base (val loss, lower is better): no completed pair "
                                                     "yet (seed 0, 1, 2 not completed)")
 
