@@ -31,12 +31,13 @@ test: install
 	fi; \
 	MESHCTL_SLURM=$$slurm $(BIN)/pytest
 
-# The newcomer path: real English text -> a CPU sweep of tiny models -> the paper's table and plots.
+# The newcomer path: real English text -> a CPU sweep of tiny models -> the paper's table, plots and probes.
 demo: install
 	@$(BIN)/meshctl data info $(DEMO_DATA) >/dev/null 2>&1 || \
 	  $(BIN)/meshctl data prepare --demo --out $(DEMO_DATA) --val-fraction 0.03
 	$(BIN)/meshctl sweep sweeps/smoke.yaml --wait --results-dir $(RESULTS)
 	$(BIN)/meshctl report smoke --format markdown --plots $(RESULTS)/plots/smoke --results-dir $(RESULTS)
+	$(BIN)/meshctl probe smoke --samples 64 --out $(RESULTS)/plots/smoke/probe --results-dir $(RESULTS)
 
 bench: install
 	$(BIN)/python benchmarks/train_throughput.py
