@@ -15,6 +15,8 @@ and `eval/*.json`). Result columns of unfinished runs are empty. Columns:
                 acc_<k>shot_avg, acc_<k>shot_tasks; <metric>_<k>shot_<task> for other metrics;
                 subset_<k>shot_<task>: the --limit of an evaluation on part of the task's documents
                 (absent for whole tasks), subset_<k>shot_avg = 1 when the average includes one
+    depth       loops<K>_<metric>_<k>shot_<task>, loops<K>_acc_<k>shot_avg: evaluations at every depth of a
+                recursive run evaluated at another one too (meshctl eval --loops K; meshctl.analysis.depth)
     deltas      delta_val_loss_vs_vanilla delta_perplexity_vs_vanilla delta_acc_<k>shot_avg_vs_vanilla
                 (against the mean of the completed seeds of the row's reference)
     spec        model.<field> train.<field> data.seq_len data.path run_dir
@@ -182,6 +184,7 @@ def _references(ledger: "Ledger", sweep: str, rows: list[Any]) -> dict[tuple[str
 
 def run_record(row: Any, status: Any, references: dict[tuple[str, str], int]) -> dict[str, Any]:
     """One run as a flat record (see the module docstring for the columns)."""
+    from meshctl.analysis.depth import depth_columns
     from meshctl.models import count_params, flops_per_token
     from meshctl.models.spec import ModelSpec
     from meshctl.train.rundir import read_final
@@ -225,6 +228,7 @@ def run_record(row: Any, status: Any, references: dict[tuple[str, str], int]) ->
                 "completed_at": final.get("completed_at")})
     if final:
         rec.update(read_evals(row.run_dir))
+        rec.update(depth_columns(row.run_dir))  # test-time depth: meshctl.analysis.depth
     rec.update(_flat("model", _model_fields(model)))
     rec.update(_flat("train", spec.get("train", {})))
     rec["data.seq_len"], rec["data.path"] = seq_len, spec["data"].get("path")

@@ -222,6 +222,9 @@ def write_plots(df: "pd.DataFrame", out_dir: str | Path, sweep: str) -> list[Pat
     out.mkdir(parents=True, exist_ok=True)
     paths = [loss_curves(df, str(g), out / f"loss_{_safe(str(g))}.png") for g in df["group"].unique()]
     paths.append(scaling(df, out / "scaling.png", sweep))
+    from meshctl.analysis.depth import write_depth_plots
+
+    paths += write_depth_plots(df, out)  # depth_<group>.png where runs were evaluated at other depths
     return paths
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from meshctl.analysis.comparisons import record, with_columns
+from meshctl.analysis import depth
 from meshctl.analysis.tables import MINUS, SUBSET_MARK, GroupTable, Summary, coverage_line, summarize
 from meshctl.errors import BadInput
 
@@ -154,7 +155,7 @@ def to_markdown(report: Report) -> str:
         out.append("")
         if table.paired:
             out += [PAIRED_HEADING, "", *(f"- {c.verdict}" for c in table.paired), ""]
-    out += [COLUMN_NOTES, "", "---", "", _footer(report.provenance), ""]
+    out += [COLUMN_NOTES, "", *depth.markdown_lines(report), "---", "", _footer(report.provenance), ""]
     return "\n".join(out)
 
 
@@ -194,6 +195,7 @@ def to_latex(report: Report) -> str:
                 f"{latex_escape(coverage_line(report.summary.coverage))}"
                 + (f" {latex_escape(SUBSET_NOTE)}" if _has_subset_cells(table) else "") + "}",
                 f"\\label{{tab:{_label(report.sweep)}-{_label(table.group)}}}", "\\end{table}", ""]
+    out += depth.latex_lines(report)
     out.append(f"% {latex_escape(_footer(report.provenance))}")
     return "\n".join(out) + "\n"
 
@@ -230,7 +232,8 @@ def to_html(report: Report) -> str:
         if table.paired:
             out += [f"<p>{e(PAIRED_HEADING)}</p>", "<ul class=\"paired\">",
                     *(f"<li>{e(c.verdict)}</li>" for c in table.paired), "</ul>"]
-    out += [f"<p>{e(COLUMN_NOTES)}</p>", f"<footer>{e(_footer(report.provenance))}</footer>", "</body>", "</html>"]
+    out += [f"<p>{e(COLUMN_NOTES)}</p>", *depth.html_lines(report),
+            f"<footer>{e(_footer(report.provenance))}</footer>", "</body>", "</html>"]
     return "\n".join(out) + "\n"
 
 
@@ -298,6 +301,7 @@ def to_json(report: Report) -> str:
         "cells": cells(report),
         "paired": [record(c) for t in report.summary.tables for c in t.paired],
     }
+    document.update(depth.json_section(report))
     return json.dumps(document, indent=2, allow_nan=False) + "\n"
 
 
