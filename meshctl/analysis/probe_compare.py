@@ -6,9 +6,10 @@ probe.json is reused when it was made with the same settings from the current ch
 Figs. 3-5 are drawn with both models in one figure each, into `out_dir`:
 
     <group>[_<structure>]_seed<k>_<a>_vs_<b>_{update_magnitude,cka,spectrum}.png
-    probe_compare.json   schema "meshctl.probe_compare/1": sweep, compare [a, b], settings, and per pair
-                         {group, structure, seed, figures, models {a: {...}, b: {...}}} with each model's
-                         run_id, stages, update_magnitude, states, cka (mean), spectrum (mean)
+    probe_compare.json   schema "meshctl.probe_compare/1": sweep, compare [a, b], settings, untrained
+                         (pairs skipped: a run without a checkpoint yet), and per pair {group, structure,
+                         seed, figures, models {a: {...}, b: {...}}} with each model's run_id,
+                         checkpoint_step, stages, update_magnitude, states, cka (mean), spectrum (mean)
 """
 
 from __future__ import annotations
@@ -105,10 +106,15 @@ def probe_sweep(sweep: str, results_dir: str | Path, out_dir: str | Path | None 
     from meshctl.train.rundir import write_json_atomic
 
     pairs = find_pairs(sweep, sweep_rows(sweep, results_dir), compare)
+    untrained = [p for p in pairs if not all((r / "checkpoints" / "last.ckpt").is_file() for r in p.runs)]
+    if len(untrained) == len(pairs):
+        raise BadInput(f"sweep {sweep!r}: no {compare[0]}/{compare[1]} pair has both checkpoints yet; "
+                       f"train it first (`meshctl sweep ... --wait`)")
+    pairs = [p for p in pairs if p not in untrained]
     out = Path(out_dir) if out_dir is not None else Path(results_dir) / "plots" / sweep / "probe"
     settings = {"samples": samples, "n_loop": n_loop, "seq_len": seq_len, "split": split}
     summary: dict[str, Any] = {"schema": SCHEMA, "sweep": sweep, "compare": list(compare), "settings": settings,
-                               "pairs": []}
+                               "pairs": [], "untrained": [f"{p.group} {p.structure} seed {p.seed}" for p in untrained]}
     for pair in pairs:
         docs = []
         for run_dir in pair.runs:

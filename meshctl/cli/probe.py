@@ -67,13 +67,15 @@ def probe(
 
 
 def _print_comparison(summary: dict, format: Format) -> None:
+    if summary["untrained"]:
+        typer.echo(f"note: not trained yet, skipped: {'; '.join(summary['untrained'])}", err=True)
     if format == Format.json:
         print_json(summary)
         return
     a, b = summary["compare"]
     for pair in summary["pairs"]:
         models = pair["models"]
-        title = f"probe {summary['sweep']} {pair['group']} {pair['structure']} seed {pair['seed']}: {a} vs {b}"
+        title = f"{pair['group']} {pair['structure']} seed {pair['seed']}: {a} vs {b}"
         rows = [{"stage": s, a: models[a]["update_magnitude"].get(s, {}).get("mean"),
                  b: models[b]["update_magnitude"].get(s, {}).get("mean")} for s in models[a]["stages"]]
         print_table(rows, [("stage", "stage"), (a, f"update {a}"), (b, f"update {b}")], title=title)

@@ -76,3 +76,16 @@ def test_a_sweep_without_the_pair_is_refused_in_one_line(trained: Path, sweep: s
 def test_neither_a_run_nor_a_sweep_is_bad_input(trained: Path) -> None:
     out = meshctl("probe", "no-such-thing", results=trained)
     assert out.returncode == 2 and "neither a run" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_pairs_not_trained_yet_are_skipped_with_a_note(trained: Path, prepared_demo: Path) -> None:
+    from tests.analysis.test_report import register
+
+    spec = _sweep(prepared_demo, "partial", ["base", "mesh"])
+    spec["groups"].append({**spec["groups"][0], "name": "t128", "vanilla": "tiny-128"})
+    register(trained, spec)  # in the ledger as `meshctl sweep` leaves it; only t64's runs (pair's) exist
+    out = meshctl("probe", "partial", "--samples", "4", "--device", "cpu", "--format", "json", results=trained)
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert [p["group"] for p in summary["pairs"]] == ["t64"] and summary["untrained"] == ["t128 1+1R2+1 seed 0"]
+    assert "not trained yet, skipped: t128" in out.stderr
