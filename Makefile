@@ -37,7 +37,7 @@ demo: install
 	  $(BIN)/meshctl data prepare --demo --out $(DEMO_DATA) --val-fraction 0.03
 	$(BIN)/meshctl sweep sweeps/smoke.yaml --wait --results-dir $(RESULTS)
 	$(BIN)/meshctl report smoke --format markdown --plots $(RESULTS)/plots/smoke --results-dir $(RESULTS)
-	$(BIN)/meshctl probe smoke --samples 64 --out $(RESULTS)/plots/smoke/probe --results-dir $(RESULTS)
+	OMP_NUM_THREADS=1 $(BIN)/meshctl probe smoke --samples 64 --out $(RESULTS)/plots/smoke/probe --results-dir $(RESULTS)
 
 bench: install
 	$(BIN)/python benchmarks/train_throughput.py
