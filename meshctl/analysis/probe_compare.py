@@ -79,7 +79,7 @@ def find_pairs(sweep: str, rows: list[Any], compare: tuple[str, str]) -> list[Pa
 
 
 def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-." else "-" for c in text)
+    return "".join(c if c.isalnum() or c in "-._" else "-" for c in text)  # "+" is awkward in file names
 
 
 def parse_compare(text: str) -> tuple[str, str]:

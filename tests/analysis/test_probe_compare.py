@@ -89,3 +89,26 @@ def test_pairs_not_trained_yet_are_skipped_with_a_note(trained: Path, prepared_d
     summary = json.loads(out.stdout)
     assert [p["group"] for p in summary["pairs"]] == ["t64"] and summary["untrained"] == ["t128 1+1R2+1 seed 0"]
     assert "not trained yet, skipped: t128" in out.stderr
+
+
+def test_pairs_take_seed_0_else_the_first_shared_seed_and_name_structures_only_when_a_group_has_two() -> None:
+    from types import SimpleNamespace
+
+    from meshctl.analysis.probe_compare import find_pairs
+
+    def row(group: str, structure: str, rec: str | None, seed: int) -> SimpleNamespace:
+        family = "vanilla" if rec is None else "recursive"
+        labels = {"group": group, "structure": structure, "family": family, "seed": seed,
+                  **({"recurrence": rec} if rec else {})}
+        return SimpleNamespace(labels=labels, run_dir=f"/r/{group}-{structure}-{rec}-{seed}")
+
+    rows = [row("a", "4", None, 0), row("a", "1+1R2+1", "base", 0), row("a", "1+1R2+1", "mesh", 0),
+            row("a", "1+1R2+1", "base", 1), row("a", "1+1R2+1", "mesh", 1),
+            row("a", "2+1R1+1", "base", 1), row("a", "2+1R1+1", "mesh", 1), row("a", "2+1R1+1", "mesh", 2),
+            row("b", "1+1R2+1", "base", 2), row("b", "1+1R2+1", "anchor", 2), row("b", "1+1R2+1", "mesh", 1)]
+    pairs = find_pairs("s", rows, ("base", "mesh"))
+    assert [(p.group, p.structure, p.seed, p.prefix) for p in pairs] == [
+        ("a", "1+1R2+1", 0, "a_1-1R2-1_seed0_base_vs_mesh_"), ("a", "2+1R1+1", 1, "a_2-1R1-1_seed1_base_vs_mesh_")]
+    assert [str(r) for r in pairs[1].runs] == ["/r/a-2+1R1+1-base-1", "/r/a-2+1R1+1-mesh-1"]
+    (anchor,) = find_pairs("s", rows, ("anchor", "base"))
+    assert (anchor.group, anchor.seed, anchor.prefix) == ("b", 2, "b_seed2_anchor_vs_base_")
