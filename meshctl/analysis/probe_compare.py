@@ -67,7 +67,7 @@ def find_pairs(sweep: str, rows: list[Any], compare: tuple[str, str]) -> list[Pa
         shared = sorted(set(a) & set(b))
         if not shared:
             continue
-        seed = 0 if 0 in shared else shared[0]
+        seed = shared[0]  # seed 0 when both have it (seeds are >= 0)
         name = group if structures[group] == 1 else f"{group}_{structure}"
         prefix = f"{_slug(name)}_seed{seed}_{compare[0]}_vs_{compare[1]}_"
         pairs.append(Pair(group, structure, seed, (a[seed], b[seed]), prefix))
