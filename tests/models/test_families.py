@@ -161,6 +161,17 @@ def test_init_scales() -> None:
     assert model.layers[0].attention.query_key_value.weight.std().item() == pytest.approx(model.spec.base_std, rel=0.05)
 
 
+def test_tiny_presets_init_in_the_papers_regime() -> None:
+    # small_init's sqrt(2 / 5d) is 0.023 (160M) to 0.014 (1.4B) at the paper's widths; the tiny presets
+    # take a std inside that range instead of the formula's 0.056-0.079 at d=64-128 (sweeps/ablation_init.yaml).
+    for name in ("tiny-64", "tiny-128", "tiny-256", "tiny-128-1+1R2+1-mesh"):
+        assert resolve(name).base_std == 0.02, name
+    assert resolve({"preset": "tiny-128", "init_std": None}).base_std == pytest.approx((2 / (5 * 128)) ** 0.5)
+    assert resolve("pythia-1.4b").base_std == pytest.approx((2 / (5 * 2048)) ** 0.5)
+    model = build("tiny-128", seed=0)
+    assert model.layers[0].attention.query_key_value.weight.std().item() == pytest.approx(0.02, rel=0.05)
+
+
 @pytest.mark.parametrize(
     "spec,message",
     [

@@ -11,7 +11,7 @@ import pytest
 from meshctl.specs.sweep import expand, load_sweep, parse_sweep
 from tests.orchestrate.helpers import meshctl, tiny_sweep, write_spec
 
-SHIPPED = {"pythia_scale": 24, "smoke": 8, "ablation_buffer": 4, "ablation_schemes": 9, "mesh_backbones": 4}
+SHIPPED = {"pythia_scale": 24, "smoke": 12, "ablation_buffer": 4, "ablation_init": 18, "ablation_schemes": 9, "mesh_backbones": 4}
 
 
 @pytest.mark.parametrize("name,runs", sorted(SHIPPED.items()))
@@ -135,7 +135,10 @@ def test_run_ids_of_preset_references_do_not_change() -> None:
     from meshctl.specs.hashing import run_id
     from meshctl.specs.run import RunSpec
 
-    sweep, raw = load_sweep("sweeps/smoke.yaml")
+    _, raw = load_sweep("sweeps/smoke.yaml")  # its data, train and seeds, with a preset name as reference
+    raw = {**raw, "groups": [{"name": "tiny-128", "vanilla": "tiny-128", "train": {"tokens": 409600, "lr": 2.0e-3},
+                              "variants": [{"structure": "1+1R2+1", "recurrence": ["base", "anchor", "mesh"]}]}]}
+    sweep = parse_sweep(raw)
     for planned in expand(sweep):
         group = next(g for g in raw["groups"] if g["name"] == planned.labels["group"])
         model = {"preset": group["vanilla"]}
