@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from tests.analysis.helpers import register
+
 NAME = "depth"
 TASKS = {"meshctl_cloze": "acc", "meshctl_cloze_mc": "acc", "meshctl_bpb": "bits_per_byte"}
 ACC = {1: 0.30, 2: 0.40, 3: 0.38, 4: 0.35}  # by loops; mesh +0.02, seed +0.01, cloze_mc +0.1
@@ -34,18 +36,6 @@ def sweep_spec() -> dict[str, Any]:
         "groups": [{"name": "t64", "vanilla": "tiny-64",
                     "variants": [{"structure": "1+1R2+1", "recurrence": ["base", "mesh"]}]}],
     }
-
-
-def register(results: Path, spec: dict[str, Any]) -> list[Any]:
-    from meshctl.orchestrate.ledger import Ledger
-    from meshctl.orchestrate.submit import ledger_path, run_dir_of
-    from meshctl.specs.sweep import expand, parse_sweep, sweep_hash
-
-    planned = expand(parse_sweep(spec))
-    with Ledger(ledger_path(results)) as ledger:
-        ledger.register_sweep(spec["name"], sweep_hash(spec), spec, "test", [
-            (p.run_id, p.spec.model_dump(mode="json"), run_dir_of(results, p.run_id), p.labels) for p in planned])
-    return planned
 
 
 def value(task: str, loops: int, variant: str, seed: int) -> float:

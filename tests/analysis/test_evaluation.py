@@ -120,7 +120,8 @@ def test_bad_input_is_one_line(trained_run: Path, tmp_path: Path, monkeypatch: p
     for args, code, words in (
         (["sample", str(no_ckpt), "--prompt", "x"], 2, "no checkpoint"),
         (["eval", str(trained_run), "--tasks", "offline", "--loops", "2"], 2, "vanilla"),
-        (["probe", "nothing-here", "--results-dir", str(tmp_path)], 2, "no run directory"),
+        (["probe", "nothing-here", "--results-dir", str(tmp_path)], 2, "is neither a run (path, id or id prefix) nor a "
+                                                                        "sweep"),
     ):
         out = runner.invoke(app, args)
         assert out.exit_code == code, (args, out.output)

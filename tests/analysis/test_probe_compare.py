@@ -79,7 +79,7 @@ def test_neither_a_run_nor_a_sweep_is_bad_input(trained: Path) -> None:
 
 
 def test_pairs_not_trained_yet_are_skipped_with_a_note(trained: Path, prepared_demo: Path) -> None:
-    from tests.analysis.test_report import register
+    from tests.analysis.helpers import register
 
     spec = _sweep(prepared_demo, "partial", ["base", "mesh"])
     spec["groups"].append({**spec["groups"][0], "name": "t128", "vanilla": "tiny-128"})

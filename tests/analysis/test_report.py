@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 
+from tests.analysis.helpers import register
+
 NAME = "rep"
 TASKS = {"piqa": "acc_norm", "lambada_openai": "acc"}
 UNRUN = {("t128", "base", 0), ("t128", "base", 1), ("t128", "mesh", 1)}
@@ -40,19 +42,6 @@ def sweep_spec(data: Path) -> dict[str, Any]:
              "variants": [{"structure": "1+1R2+1", "recurrence": ["base", "mesh"]}]},
         ],
     }
-
-
-def register(results: Path, spec: dict[str, Any]) -> list[Any]:
-    """What `meshctl sweep` records before submitting: the sweep and its planned runs."""
-    from meshctl.orchestrate.ledger import Ledger
-    from meshctl.orchestrate.submit import ledger_path, run_dir_of
-    from meshctl.specs.sweep import expand, parse_sweep, sweep_hash
-
-    planned = expand(parse_sweep(spec))
-    with Ledger(ledger_path(results)) as ledger:
-        ledger.register_sweep(spec["name"], sweep_hash(spec), spec, "test", [
-            (p.run_id, p.spec.model_dump(mode="json"), run_dir_of(results, p.run_id), p.labels) for p in planned])
-    return planned
 
 
 def eval_document(run_dir: Path, task: str, value: float, n_loop: int | None, trained: int | None) -> dict:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -37,10 +36,9 @@ def test_pythia_scale_is_table1_at_matched_compute() -> None:
     assert lrs == {"160m": 6e-4, "410m": 3e-4, "1b": 2.5e-4, "1.4b": 2e-4}
 
 
-def test_dry_run_json_plans_the_paper_sweep_fast() -> None:
-    start = time.perf_counter()
+def test_dry_run_json_plans_the_paper_sweep() -> None:
+    """Planning speed is benchmarks/orchestration.py's to measure (side by side), not a timed test's."""
     out = meshctl("sweep", "sweeps/pythia_scale.yaml", "--dry-run", "--format", "json")
-    elapsed = time.perf_counter() - start
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
     assert len(doc["runs"]) == 24 and doc["totals"]["runs"] == 24
@@ -48,7 +46,6 @@ def test_dry_run_json_plans_the_paper_sweep_fast() -> None:
     assert mesh["params_non_embedding"] == 805_797_918 and mesh["flop_formula"] == "palm"
     assert mesh["total_flops"] == pytest.approx(mesh["flops_per_token"] * mesh["tokens"])
     assert doc["totals"]["gpu_hours"] > 0
-    assert elapsed < 10  # generous for a loaded machine; the benchmark measures the real figure
 
 
 def _refusal(tmp_path, spec, results=None):
