@@ -31,8 +31,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from meshctl.analysis.comparisons import record, with_columns
 from meshctl.analysis import depth
+from meshctl.analysis.comparisons import record, with_columns
 from meshctl.analysis.tables import MINUS, SUBSET_MARK, GroupTable, Summary, coverage_line, summarize
 from meshctl.errors import BadInput
 
