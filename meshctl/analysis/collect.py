@@ -87,35 +87,54 @@ def resolve_sweep(results_dir: str | Path, sweep: str | None) -> str:
     return sweep
 
 
-def read_evals(run_dir: str | Path) -> dict[str, float]:
-    """`eval/*.json` (meshctl.analysis.evaluation's schema) as flat columns; evaluations at a test-time
-    depth other than the trained one are left out. Unreadable files are skipped."""
-    out: dict[str, float] = {}
+def eval_documents(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The run's `eval/*.json` documents (meshctl.analysis.evaluation's schema); unreadable ones skipped."""
+    docs = []
     for path in sorted((Path(run_dir) / "eval").glob("*.json")):
         try:
             doc = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        if not isinstance(doc, dict) or not isinstance(doc.get("metrics"), dict) or not doc.get("task"):
-            continue
+        if isinstance(doc, dict) and isinstance(doc.get("metrics"), dict) and doc.get("task"):
+            docs.append(doc)
+    return docs
+
+
+def primary_value(doc: dict[str, Any]) -> tuple[str, float] | None:
+    """(column prefix: `acc` for accuracies, else the metric's name, value) of an eval document."""
+    metrics = doc["metrics"]
+    metric = doc.get("primary_metric") or next((m for m in ACCURACY_METRICS if m in metrics), None)
+    value = doc.get("primary", metrics.get(metric)) if metric else None
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    return ("acc" if metric in ACCURACY_METRICS else metric), float(value)
+
+
+def averaged_tasks(tasks: Any) -> list[str]:
+    """The tasks a k-shot average is over: the paper's own when any ran, else all (offline tasks)."""
+    from meshctl.analysis.evaluation import PAPER_METRICS
+
+    tasks = list(tasks)
+    return [t for t in tasks if t in PAPER_METRICS] or tasks
+
+
+def read_evals(run_dir: str | Path, docs: list[dict[str, Any]] | None = None) -> dict[str, float]:
+    """Eval documents (`docs`, default the run's) as flat columns; evaluations at a test-time depth other
+    than the trained one are left out."""
+    out: dict[str, float] = {}
+    for doc in eval_documents(run_dir) if docs is None else docs:
         if doc.get("n_loop") is not None and doc.get("n_loop") != doc.get("trained_n_loop", doc.get("n_loop")):
             continue
-        metrics = doc["metrics"]
-        metric = doc.get("primary_metric") or next((m for m in ACCURACY_METRICS if m in metrics), None)
-        value = doc.get("primary", metrics.get(metric)) if metric else None
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
+        primary = primary_value(doc)
+        if primary is None:
             continue
+        prefix, value = primary
         shot = int(doc.get("num_fewshot") or 0)
-        prefix = "acc" if metric in ACCURACY_METRICS else metric
-        out[f"{prefix}_{shot}shot_{doc['task']}"] = float(value)
+        out[f"{prefix}_{shot}shot_{doc['task']}"] = value
         if isinstance(doc.get("limit"), (int, float)):  # part of the task only: not comparable with whole ones
             out[f"subset_{shot}shot_{doc['task']}"] = float(doc["limit"])
     for shot in sorted({int(k.split("_")[1].removesuffix("shot")) for k in out if k.startswith("acc_")}):
-        tasks = [k.removeprefix(f"acc_{shot}shot_") for k in out if k.startswith(f"acc_{shot}shot_")]
-        # the paper's average is over its own tasks; offline tasks count only when no paper task ran
-        from meshctl.analysis.evaluation import PAPER_METRICS
-
-        tasks = [t for t in tasks if t in PAPER_METRICS] or tasks
+        tasks = averaged_tasks(k.removeprefix(f"acc_{shot}shot_") for k in out if k.startswith(f"acc_{shot}shot_"))
         out[f"acc_{shot}shot_avg"] = sum(out[f"acc_{shot}shot_{t}"] for t in tasks) / len(tasks)
         out[f"acc_{shot}shot_tasks"] = len(tasks)
         if any(f"subset_{shot}shot_{t}" in out for t in tasks):
@@ -227,8 +246,9 @@ def run_record(row: Any, status: Any, references: dict[tuple[str, str], int]) ->
     rec.update({"tokens_per_s": final.get("tokens_per_s"), "mfu": final.get("mfu"),
                 "completed_at": final.get("completed_at")})
     if final:
-        rec.update(read_evals(row.run_dir))
-        rec.update(depth_columns(row.run_dir))  # test-time depth: meshctl.analysis.depth
+        docs = eval_documents(row.run_dir)  # read once for both
+        rec.update(read_evals(row.run_dir, docs))
+        rec.update(depth_columns(docs))  # test-time depth: meshctl.analysis.depth
     rec.update(_flat("model", _model_fields(model)))
     rec.update(_flat("train", spec.get("train", {})))
     rec["data.seq_len"], rec["data.path"] = seq_len, spec["data"].get("path")

@@ -1,7 +1,7 @@
 """Test-time depth: recursive models evaluated at loop counts other than their trained one
 (`meshctl eval RUN --loops K`), as a curve of each task's primary metric against K.
 
-- `depth_columns(run_dir)` (called by `collect.run_record`): when any of a run's `eval/*.json` was
+- `depth_columns(docs)` (called by `collect.run_record` with the run's `eval/*.json`): when any was
   evaluated at a depth other than the trained one, each of its evaluations at a known depth becomes a
   column `loops<K>_<metric>_<n>shot_<task>` of the tidy frame (metric as in collect: `acc` for acc and
   acc_norm, else the task's primary metric's name, e.g. `bits_per_byte`), `loops<K>_subset_<n>shot_<task>`
@@ -22,7 +22,6 @@ is better, everything else (accuracies) higher.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -52,44 +51,18 @@ def higher_is_better(metric: str) -> bool:
     return not any(metric == name or metric.endswith(name) for name in LOWER_IS_BETTER)
 
 
-def _primary(doc: dict[str, Any]) -> tuple[str, float] | None:
-    """(column metric name, value) of an eval document, as collect.read_evals reads it."""
-    from meshctl.analysis.collect import ACCURACY_METRICS
+def depth_columns(docs: list[dict[str, Any]]) -> dict[str, float]:
+    """`loops<K>_*` columns of one run from its eval documents (`collect.eval_documents`; see the module
+    docstring); empty unless the run was evaluated at a depth other than its trained one."""
+    from meshctl.analysis.collect import averaged_tasks, primary_value
 
-    metrics = doc["metrics"]
-    metric = doc.get("primary_metric") or next((m for m in ACCURACY_METRICS if m in metrics), None)
-    value = doc.get("primary", metrics.get(metric)) if metric else None
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return None
-    return ("acc" if metric in ACCURACY_METRICS else metric), float(value)
-
-
-def read_depth_docs(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The run's evaluation documents at a known depth (recursive models), unreadable ones skipped."""
-    out = []
-    for path in sorted((Path(run_dir) / "eval").glob("*.json")):
-        try:
-            doc = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if (isinstance(doc, dict) and isinstance(doc.get("metrics"), dict) and doc.get("task")
-                and isinstance(doc.get("n_loop"), int) and not isinstance(doc.get("n_loop"), bool)):
-            out.append(doc)
-    return out
-
-
-def depth_columns(run_dir: str | Path) -> dict[str, float]:
-    """`loops<K>_*` columns of one run (see the module docstring); empty unless the run was evaluated
-    at a depth other than its trained one."""
-    from meshctl.analysis.evaluation import PAPER_METRICS
-
-    docs = read_depth_docs(run_dir)
+    docs = [d for d in docs if isinstance(d.get("n_loop"), int) and not isinstance(d.get("n_loop"), bool)]
     if not any(d["n_loop"] != d.get("trained_n_loop", d["n_loop"]) for d in docs):
         return {}
     out: dict[str, float] = {}
     accuracy: dict[int, dict[int, set[str]]] = {}  # shot -> K -> accuracy tasks
     for doc in docs:
-        primary = _primary(doc)
+        primary = primary_value(doc)
         if primary is None:
             continue
         metric, value = primary
@@ -100,8 +73,7 @@ def depth_columns(run_dir: str | Path) -> dict[str, float]:
         if metric == "acc":
             accuracy.setdefault(shot, {}).setdefault(k, set()).add(task)
     for shot, by_depth in accuracy.items():
-        common = set.intersection(*by_depth.values())
-        common = {t for t in common if t in PAPER_METRICS} or common
+        common = averaged_tasks(sorted(set.intersection(*by_depth.values())))
         if len(common) < 2:
             continue
         for k in by_depth:
