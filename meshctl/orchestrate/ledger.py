@@ -43,6 +43,9 @@ CREATE TABLE IF NOT EXISTS transitions (
 );
 """
 
+# How long a connection waits for another process's lock before giving up.
+BUSY_TIMEOUT_S = 60.0
+
 # A claim older than this is abandoned (the claiming process died between claim and record).
 CLAIM_TIMEOUT_S = 600.0
 
@@ -76,8 +79,8 @@ class Ledger:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        _enable_wal(self._db)
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         with self.transaction() as db:  # not executescript: it would commit outside the transaction
@@ -220,6 +223,22 @@ class Ledger:
 def _live(claimed_at: float | None, now: float | None = None) -> bool:
     """A claim younger than CLAIM_TIMEOUT_S belongs to a submitter that may still be at work."""
     return claimed_at is not None and (now if now is not None else time.time()) - claimed_at < CLAIM_TIMEOUT_S
+
+
+def _enable_wal(db: sqlite3.Connection) -> None:
+    """Switch to WAL, retrying: SQLite answers "database is locked" at once, without its busy handler,
+    when another process is creating or switching the same new file (two sweeps started together)."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    delay = 0.005
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
 
 
 def _statements(script: str) -> list[str]:
