@@ -79,7 +79,7 @@ def spectrum(h: torch.Tensor, top: int = TOP_SINGULAR) -> np.ndarray:
 
 def stages(model: torch.nn.Module, n_loop: int | None) -> tuple[list[tuple[str, str, str]], list[str]]:
     """The update-magnitude stages as (name, input state, output state) and the CKA/spectrum states,
-    in names `unrolled_forward` records."""
+    in the names the model's forward records."""
     if not hasattr(model, "recurrence"):
         layers = [f"layer_{i + 1}" for i in range(len(model.layers))]
         ins = ["h_emb", *layers[:-1]]
@@ -107,8 +107,6 @@ def probe_windows(data_dir: str | Path, split: str, samples: int, seq_len: int) 
 def probe_model(model: torch.nn.Module, windows: torch.Tensor, n_loop: int | None = None, batch_size: int = 8,
                 threshold: float = 1.0) -> dict[str, Any]:
     """The three probes over `windows` (samples, seq): mean and std over samples."""
-    from meshctl.analysis.generation import unrolled_forward
-
     stage_list, state_names = stages(model, n_loop)
     device = next(model.parameters()).device
     updates: dict[str, list[float]] = {name: [] for name, _, _ in stage_list}
@@ -116,8 +114,8 @@ def probe_model(model: torch.nn.Module, windows: torch.Tensor, n_loop: int | Non
     spectra: dict[str, list[np.ndarray]] = {name: [] for name in state_names}
     for b in range(0, len(windows), batch_size):
         states: dict[str, torch.Tensor] = {}
-        unrolled_forward(model, windows[b : b + batch_size].to(device), n_loop=n_loop,
-                         record=lambda name, h: states.__setitem__(name, h))
+        loop_kw = {"n_loop": n_loop} if hasattr(model, "recurrence") else {}
+        model(windows[b : b + batch_size].to(device), record=lambda name, h: states.__setitem__(name, h), **loop_kw)
         for i in range(states["h_emb"].shape[0]):
             for name, src, dst in stage_list:
                 updates[name].append(update_magnitude(states[src][i], states[dst][i]))

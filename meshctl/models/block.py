@@ -4,15 +4,20 @@ Parallel residual (`gpt-j-residual: true`): x + attn(ln1(x)) + mlp(ln2(x)); rota
 first `rotary_pct` of each head's dims (non-interleaved halves, base 10000); fused QKV laid out per head
 as [q | k | v]; causal SDPA; GELU MLP; biases everywhere; LayerNorm eps 1e-5. Parameter names match
 `transformers`' GPTNeoXLayer so a vanilla model exports by renaming only.
+
+`spec` is a `meshctl.models.ModelSpec`, or the exported config's copy of its fields. Torch only, relative
+imports only: this file ships verbatim in exported model directories (`meshctl.models.remote_code`).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from meshctl.models.spec import ModelSpec
+ModelSpec = Any  # meshctl.models.ModelSpec or the exported config's view of it; not imported (see above)
 
 
 class RotaryCache(nn.Module):
@@ -25,9 +30,7 @@ class RotaryCache(nn.Module):
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
-        self.dims = spec.rotary_dims
-        inv_freq = 1.0 / (spec.rotary_base ** (torch.arange(0, self.dims, 2, dtype=torch.float32) / self.dims))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.dims, self.base = spec.rotary_dims, float(spec.rotary_base)
         self._tables: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def forward(self, seq_len: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -35,8 +38,10 @@ class RotaryCache(nn.Module):
         if key not in self._tables or self._tables[key][0].shape[0] < seq_len:
             # plain tensors even if first asked for under inference_mode, so that training can save them
             with torch.inference_mode(False), torch.no_grad():
+                # from scratch, not from a buffer: a model built on the meta device (transformers) has none
+                inv_freq = 1.0 / (self.base ** (torch.arange(0, self.dims, 2, dtype=torch.float32) / self.dims))
                 t = torch.arange(seq_len, device=device, dtype=torch.float32)
-                freqs = torch.outer(t, self.inv_freq.to(device))[:, None, None, :]  # (seq, 1, 1, dims/2)
+                freqs = torch.outer(t, inv_freq.to(device))[:, None, None, :]  # (seq, 1, 1, dims/2)
                 cos, sin = freqs.cos(), freqs.sin()
                 self._tables[key] = (torch.cat((cos, cos), -1).to(dtype), torch.cat((-sin, sin), -1).to(dtype))
         cos, sin = self._tables[key]
@@ -97,12 +102,18 @@ class Attention(nn.Module):
         self.query_key_value = nn.Linear(spec.n_embd, 3 * spec.n_embd)
         self.dense = nn.Linear(spec.n_embd, spec.n_embd)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: Any = None, layer_idx: int = 0,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """With `cache` (a `KVCache` or `transformers` Cache), x holds new tokens after the cached ones and
+        their keys and values are appended to entry `layer_idx`; `mask` (batch|1, 1, t, keys) is then needed
+        unless the chunk is one token or the cache is empty (`meshctl.models.cache.attention_inputs`)."""
         b, t, d = x.shape
         qkv = apply_rotary(self.query_key_value(x).view(b, t, self.n_head, 3 * self.head_size), cos, sin)
         q, k, v = qkv.transpose(1, 2).split(self.head_size, dim=-1)  # (batch, heads, seq, head_size) views
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (batch, heads, seq, head_size)
-        return self.dense(y.transpose(1, 2).reshape(b, t, d))
+        if cache is not None:
+            k, v = cache.update(k, v, layer_idx)  # (batch, heads, past + seq, head_size)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and t > 1)
+        return self.dense(y.transpose(1, 2).reshape(b, t, d))  # y: (batch, heads, seq, head_size)
 
 
 class MLP(nn.Module):
@@ -125,17 +136,23 @@ class Block(nn.Module):
         self.attention = Attention(spec)
         self.mlp = MLP(spec)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        return x + self.attention(self.input_layernorm(x), cos, sin) + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: Any = None, layer_idx: int = 0,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        attn = self.attention(self.input_layernorm(x), cos, sin, cache, layer_idx, mask)
+        return x + attn + self.mlp(self.post_attention_layernorm(x))
 
 
 class Stack(nn.ModuleList):
-    """A run of layers applied in order (prelude, core, coda, or a vanilla model's layers)."""
+    """A run of layers applied in order (prelude, core, coda, or a vanilla model's layers). With a cache,
+    layer i is layer application `first + i`; `record(name, h)` sees each layer's output as `layer_<first+i+1>`."""
 
     def __init__(self, spec: ModelSpec, n: int) -> None:
         super().__init__(Block(spec) for _ in range(n))
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        for layer in self:
-            x = layer(x, cos, sin)
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: Any = None,  # type: ignore[override]
+                first: int = 0, mask: torch.Tensor | None = None, record: Any = None) -> torch.Tensor:
+        for i, layer in enumerate(self):
+            x = layer(x, cos, sin, cache, first + i, mask)
+            if record is not None:
+                record(f"layer_{first + i + 1}", x)
         return x

@@ -4,19 +4,28 @@ Both families share embeddings, final norm, LM head and init; they differ only i
 `Block` is composed. A recursive model stores its core once and loops it in `forward`; `n_loop` is a
 keyword argument of forward (default: the spec's), so a model trained with 2 loops can be run with 3.
 `vanilla_mesh` (paper Table 6) is the recursive composition with a distinct core per step.
+
+This forward is the only one: generation passes a KV cache (`meshctl.models.cache`; one entry per layer
+application) and left-padding masks, probes pass `record(name, h)` to see the stage states, and the
+exported `trust_remote_code` model runs this file itself. Torch only, relative imports only: it ships
+verbatim in exported model directories (`meshctl.models.remote_code`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
-from meshctl.models.block import Block, RotaryCache, Stack
-from meshctl.models.loss import linear_cross_entropy
-from meshctl.models.recurrence import DynamicComb, build_recurrence
-from meshctl.models.spec import ModelSpec
+from .block import Block, ModelSpec, RotaryCache, Stack
+from .cache import attention_inputs
+from .loss import linear_cross_entropy
+from .recurrence import build_recurrence
+
+Record = Callable[[str, torch.Tensor], None]
 
 
 class LanguageModel(nn.Module):
@@ -45,17 +54,25 @@ class LanguageModel(nn.Module):
             elif isinstance(module, nn.LayerNorm):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
-        for module in self.modules():
-            if isinstance(module, DynamicComb):
-                module.reset_parameters()
 
-    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def embed(self, input_ids: torch.Tensor, past: int = 0) -> torch.Tensor:
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
-        if input_ids.shape[1] > self.spec.block_size:
-            raise ValueError(f"sequence length {input_ids.shape[1]} exceeds block_size {self.spec.block_size}")
+        if past + input_ids.shape[1] > self.spec.block_size:
+            raise ValueError(f"sequence length {past + input_ids.shape[1]} exceeds block_size {self.spec.block_size}")
         h = self.embed_in(input_ids)  # (batch, seq, n_embd)
         return h * self.embed_scale if self.embed_scale != 1.0 else h
+
+    def attention_inputs(self, h: torch.Tensor, cache: Any, attention_mask: torch.Tensor | None,
+                         position_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """cos, sin at the new tokens' positions and the attention mask (None: causal) for h (batch, t, d)."""
+        t, past = h.shape[1], cache.get_seq_length() if cache is not None else 0
+        positions, mask = attention_inputs(t, past, attention_mask, position_ids, h.device)
+        if positions is None:  # positions past .. past + t - 1, the same for every row
+            cos, sin = self.rotary(past + t, h.device, h.dtype)  # (past + t, 1, 1, rotary_dims)
+            return cos[past:], sin[past:], mask
+        cos, sin = self.rotary(int(positions.max()) + 1, h.device, h.dtype)
+        return cos[positions], sin[positions], mask  # (batch, t, 1, 1, rotary_dims): each row at its own
 
     def head(self, h: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (batch, seq, padded_vocab), or with `targets` (batch, seq) the mean token NLL (fp32
@@ -73,10 +90,23 @@ class VanillaLM(LanguageModel):
         super().__init__(spec)
         self.layers = Stack(spec, spec.n_layer)
 
-    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.embed(input_ids)
-        cos, sin = self.rotary(h.shape[1], h.device, h.dtype)
-        return self.head(self.layers(h, cos, sin), targets)
+    def layer_applications(self, n_loop: int | None = None) -> int:
+        """Layers one forward applies: the entries of its KV cache (a vanilla model has no loop)."""
+        return self.spec.n_layer
+
+    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None, *, cache: Any = None,
+                attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                record: Record | None = None) -> torch.Tensor:
+        """Logits (batch, seq, padded_vocab) or, with targets, the mean token NLL. `cache`, `attention_mask`
+        and `position_ids` as in `RecursiveLM.forward`; `record` sees `h_emb`, `layer_<i>` and `h_out`."""
+        h = self.embed(input_ids, cache.get_seq_length() if cache is not None else 0)
+        cos, sin, mask = self.attention_inputs(h, cache, attention_mask, position_ids)
+        if record is not None:
+            record("h_emb", h)
+        h = self.layers(h, cos, sin, cache, 0, mask, record)
+        if record is not None:
+            record("h_out", h)
+        return self.head(h, targets)
 
 
 class RecursiveLM(LanguageModel):
@@ -93,23 +123,56 @@ class RecursiveLM(LanguageModel):
     def core_at(self, t: int) -> Stack:
         return self.core if self.spec.shares_core else self.cores[t]
 
-    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None, n_loop: int | None = None,
-                ) -> torch.Tensor:
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        self.recurrence.reset_parameters()
+
+    def layer_applications(self, n_loop: int | None = None) -> int:
+        """Layers one forward applies at depth n_loop: the entries of its KV cache."""
+        n_loop = self.spec.n_loop if n_loop is None else n_loop
+        return self.spec.n_prelude + self.spec.n_core * n_loop + self.spec.n_coda
+
+    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None, n_loop: int | None = None, *,
+                cache: Any = None, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, record: Record | None = None) -> torch.Tensor:
+        """Logits (batch, seq, padded_vocab) or, with targets, the mean token NLL.
+
+        With `cache`, input_ids are the new tokens after the cached ones; layer application i (prelude,
+        then each loop's core layers, then coda) reads and extends cache entry i. `attention_mask` (batch,
+        cached + new; 0 on left padding) and `position_ids` (batch, new) as `transformers` passes them.
+        `record(name, h)` sees `h_emb`, `prelude_out`, the loop states `h0` .. `hK`, each core output
+        `core_out<t>` (before the recurrence combines it) and `h_out`."""
         n_loop = self.spec.n_loop if n_loop is None else n_loop
         if n_loop < 1:
             raise ValueError(f"n_loop must be >= 1, got {n_loop}")
         if not self.spec.shares_core and n_loop != self.spec.n_loop:
             raise ValueError(f"a {self.spec.family} model has {self.spec.n_loop} distinct cores; n_loop cannot change")
-        h_emb = self.embed(input_ids)
-        cos, sin = self.rotary(h_emb.shape[1], h_emb.device, h_emb.dtype)
-        h, ctx = self.recurrence.begin(h_emb, self.prelude(h_emb, cos, sin))
+        note = record or (lambda name, h: None)
+        h_emb = self.embed(input_ids, cache.get_seq_length() if cache is not None else 0)
+        cos, sin, mask = self.attention_inputs(h_emb, cache, attention_mask, position_ids)
+        note("h_emb", h_emb)
+        h_pre = self.prelude(h_emb, cos, sin, cache, 0, mask)
+        note("prelude_out", h_pre)
+        h, ctx = self.recurrence.begin(h_emb, h_pre)
+        note("h0", h)
+        first = self.spec.n_prelude
         for t in range(n_loop):
-            h = self.recurrence.step(t, h, self.core_at(t)(h, cos, sin), ctx)
-        return self.head(self.coda(h, cos, sin), targets)
+            h_core = self.core_at(t)(h, cos, sin, cache, first, mask)
+            note(f"core_out{t + 1}", h_core)
+            h = self.recurrence.step(t, h, h_core, ctx)
+            note(f"h{t + 1}", h)
+            first += self.spec.n_core
+        h = self.coda(h, cos, sin, cache, first, mask)
+        note("h_out", h)
+        return self.head(h, targets)
+
+
+def module_class(spec: ModelSpec) -> type[LanguageModel]:
+    return VanillaLM if spec.family == "vanilla" else RecursiveLM
 
 
 def build_module(spec: ModelSpec) -> LanguageModel:
-    model = VanillaLM(spec) if spec.family == "vanilla" else RecursiveLM(spec)
+    model = module_class(spec)(spec)
     model.reset_parameters()
     return model
 

@@ -11,6 +11,10 @@ a model run with more loops than it was built for reuses the last step's paramet
   token, computed from the iteration's input state; weights initialised to 0 and bias to (1, 0, 0), so it
   also starts from `base`.
 - mesh: the memory buffer with per-iteration write/read routers (Eqs. 2-5), described on `Mesh`.
+
+Every scheme initialises itself (`reset_parameters`, after the model's generic init of linear layers). Each
+acts per token, so a KV cache needs nothing from them. Torch only, relative imports only: this file ships
+verbatim in exported model directories (`meshctl.models.remote_code`).
 """
 
 from __future__ import annotations
@@ -19,10 +23,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from meshctl.models.spec import ADDITIVE_TERMS, ModelSpec
+from typing import Any
+
+ModelSpec = Any  # meshctl.models.ModelSpec or the exported config's view of it; not imported (see above)
+
+# The supplementary terms h_sup of Eq. (1) each additive recurrence adds after every core iteration:
+# "state" = h^(t) (the core input), "anchor" = h^(0) (prelude output), "emb" = h_emb.
+ADDITIVE_TERMS: dict[str, tuple[str, ...]] = {
+    "base": (),
+    "residual": ("state",),
+    "anchor": ("anchor",),
+    "anchor_emb": ("emb",),
+    "residual+anchor": ("state", "anchor"),
+    "residual+anchor+anchor_emb": ("state", "anchor", "emb"),
+    "anchor+anchor_emb": ("anchor", "emb"),
+}
 
 
 class StatePassing(nn.Module):
+    def reset_parameters(self) -> None:
+        """The scheme's own init, where it differs from N(0, std) weights and zero biases."""
+
     def begin(self, h_emb: torch.Tensor, h_pre: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """Returns h^(0) and the scheme's per-forward context (local tensors, never module state)."""
         return h_pre, {"emb": h_emb, "anchor": h_pre}
@@ -45,8 +66,12 @@ class Additive(StatePassing):
 class StaticComb(StatePassing):
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
-        init = torch.tensor([1.0, 0.0, 0.0]).repeat(spec.n_loop, 1)  # (n_loop, 3)
-        self.alpha = nn.Parameter(init)
+        self.alpha = nn.Parameter(torch.empty(spec.n_loop, 3))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            self.alpha.copy_(torch.tensor([1.0, 0.0, 0.0]).expand_as(self.alpha))  # (n_loop, 3)
 
     def step(self, t: int, h: torch.Tensor, h_core: torch.Tensor, ctx: dict) -> torch.Tensor:
         a = self.alpha[min(t, self.alpha.shape[0] - 1)].to(h_core.dtype)

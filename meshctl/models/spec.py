@@ -31,17 +31,7 @@ Recurrence = Literal[
     "mesh",
 ]
 
-# The supplementary terms h_sup of Eq. (1) each additive recurrence adds after every core iteration:
-# "state" = h^(t) (the core input), "anchor" = h^(0) (prelude output), "emb" = h_emb.
-ADDITIVE_TERMS: dict[str, tuple[str, ...]] = {
-    "base": (),
-    "residual": ("state",),
-    "anchor": ("anchor",),
-    "anchor_emb": ("emb",),
-    "residual+anchor": ("state", "anchor"),
-    "residual+anchor+anchor_emb": ("state", "anchor", "emb"),
-    "anchor+anchor_emb": ("anchor", "emb"),
-}
+# (The terms each additive scheme adds are `meshctl.models.recurrence.ADDITIVE_TERMS`.)
 
 _STRUCTURE_RE = re.compile(r"^\s*(\d+)\s*\+\s*(\d+)\s*R\s*(\d+)\s*\+\s*(\d+)\s*$")
 _UNSHARED_RE = re.compile(r"^\s*\d+(\s*\+\s*\d+){2,}\s*$")

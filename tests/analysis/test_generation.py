@@ -1,11 +1,12 @@
-"""The KV cache (one entry per layer application) against full forwards, and sampling."""
+"""The model's forward with a KV cache (one entry per layer application) against full forwards, and sampling."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from meshctl.analysis.generation import KVCache, generate, unrolled_forward
+from meshctl.analysis.generation import generate
+from meshctl.models.cache import KVCache
 from meshctl.models import build
 
 BASE = {"n_embd": 64, "n_head": 4, "vocab_size": 300, "block_size": 96, "init_std": 0.1}
@@ -27,27 +28,42 @@ def make(name: str) -> torch.nn.Module:
     return model
 
 
-def loops_of(model: torch.nn.Module) -> int | None:
-    return model.spec.n_loop if hasattr(model, "recurrence") else None
-
-
 @pytest.mark.parametrize("name", list(FAMILIES))
-def test_uncached_unrolled_forward_is_the_model(name: str) -> None:
+def test_recording_the_states_leaves_the_forward_unchanged(name: str) -> None:
     model = make(name)
     ids = torch.randint(0, 300, (2, 17), generator=torch.Generator().manual_seed(0))
+    states: dict[str, torch.Tensor] = {}
     with torch.no_grad():
-        assert torch.equal(unrolled_forward(model, ids), model(ids))
+        assert torch.equal(model(ids, record=states.__setitem__), model(ids))
+    # vanilla: h_emb, layer_1..3, h_out; recursive: h_emb, prelude_out, h0..hK, core_out1..K, h_out
+    expected = 5 if name == "vanilla" else 4 + 2 * model.spec.n_loop
+    assert len(states) == expected and states["h_emb"].shape == states["h_out"].shape == (2, 17, 64)
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_cached_chunks_match_the_full_forward(name: str) -> None:
     model = make(name)
     ids = torch.randint(0, 300, (2, 20), generator=torch.Generator().manual_seed(0))
-    cache = KVCache(2, 24, loops_of(model))
+    cache = KVCache(model.layer_applications(), 24)
     with torch.no_grad():
         full = model(ids)
-        parts = [unrolled_forward(model, ids[:, a:b], cache=cache) for a, b in ((0, 7), (7, 8), (8, 13), (13, 20))]
+        parts = [model(ids[:, a:b], cache=cache) for a, b in ((0, 7), (7, 8), (8, 13), (13, 20))]
     torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["vanilla", "mesh"])
+def test_left_padded_rows_see_their_own_positions_only(name: str) -> None:
+    """A row left-padded by 5 tokens, with its attention mask, gives the logits of the row alone."""
+    model = make(name)
+    row = torch.randint(0, 300, (1, 9), generator=torch.Generator().manual_seed(3))
+    padded = torch.cat([torch.full((1, 5), 7), row], dim=1)
+    mask = torch.cat([torch.zeros(1, 5, dtype=torch.bool), torch.ones(1, 9, dtype=torch.bool)], dim=1)
+    cache = KVCache(model.layer_applications(), 16)
+    with torch.no_grad():
+        alone = model(row)
+        first = model(padded[:, :10], cache=cache, attention_mask=mask[:, :10])
+        rest = model(padded[:, 10:], cache=cache, attention_mask=mask)
+    torch.testing.assert_close(torch.cat([first, rest], dim=1)[:, 5:], alone, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["vanilla", "recursive-residual", "mesh"])
@@ -65,18 +81,26 @@ def test_a_looped_layer_has_one_cache_entry_per_loop_and_depth_can_change() -> N
     model = make("mesh")  # prelude 1, core 2 layers x 3 loops, coda 1
     ids = torch.randint(0, 300, (1, 12), generator=torch.Generator().manual_seed(0))
     for n_loop in (3, 5):
-        cache = KVCache(1, 12, n_loop)
+        cache = KVCache(model.layer_applications(n_loop), 12)
+        applied: list[int] = []
+        hooks = [m.register_forward_pre_hook(lambda mod, args: applied.append(args[4]))
+                 for m in [*model.prelude, *model.core, *model.coda]]
         with torch.no_grad():
-            a = unrolled_forward(model, ids[:, :5], n_loop=n_loop, cache=cache)
-            b = unrolled_forward(model, ids[:, 5:], n_loop=n_loop, cache=cache)
+            a = model(ids[:, :5], n_loop=n_loop, cache=cache)
+            b = model(ids[:, 5:], n_loop=n_loop, cache=cache)
+        for hook in hooks:
+            hook.remove()
+        with torch.no_grad():
             full = model(ids, n_loop=n_loop)
-        core = sorted(k for k in cache.entries if k[0] == "core")
-        assert core == [("core", t, i) for t in range(n_loop) for i in range(2)]
-        assert len(cache.entries) == 1 + 2 * n_loop + 1
+        # prelude, each loop's two core layers, coda: one entry each, in the order they are applied
+        assert cache.n_layers == 1 + 2 * n_loop + 1 and applied == list(range(cache.n_layers)) * 2
+        assert all(entry is not None for entry in cache.entries) and set(cache.lengths) == {12}
+        core_keys = [cache.entries[1 + i][0] for i in range(2 * n_loop)]
+        assert not any(torch.equal(core_keys[0], k) for k in core_keys[2::2])  # loops differ: one entry each
         torch.testing.assert_close(torch.cat([a, b], dim=1), full, atol=1e-5, rtol=1e-5)
     assert generate(model, [[1, 2, 3]], 8, n_loop=5) == generate(model, [[1, 2, 3]], 8, n_loop=5, use_cache=False)
     with pytest.raises(ValueError, match="n_loop"):
-        unrolled_forward(model, ids, n_loop=4, cache=KVCache(1, 12, 3))
+        model(ids, n_loop=4, cache=KVCache(model.layer_applications(3), 12))
 
 
 def test_sampling_is_seeded_and_stays_in_the_tokenizer_vocab() -> None:
