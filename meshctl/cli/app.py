@@ -7,6 +7,7 @@ import typer
 from meshctl import __version__
 from meshctl.cli import data as data_cmd
 from meshctl.cli import eval as eval_cmd
+from meshctl.cli import export as export_cmd
 from meshctl.cli import models as models_cmd
 from meshctl.cli import probe as probe_cmd
 from meshctl.cli import report as report_cmd
@@ -44,6 +45,7 @@ app.command("report")(report_cmd.report)
 app.command("eval")(eval_cmd.eval_)
 app.command("probe")(probe_cmd.probe)
 app.command("sample")(eval_cmd.sample)
+app.command("export")(export_cmd.export)
 app.command("cancel")(sweep_cmd.cancel)
 app.command("resubmit")(sweep_cmd.resubmit)
 app.command("models")(models_cmd.models)

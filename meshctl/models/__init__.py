@@ -35,7 +35,15 @@ def export_hf(model: "nn.Module", out_dir: "str | Path") -> "Path":
     return _export(model, out_dir)
 
 
+def export_model(model: "nn.Module", out_dir: "str | Path") -> "Path":
+    """Write any family for `transformers`: vanilla as GPT-NeoX (`export_hf`), recursive, MeSH and
+    vanilla_mesh as a `trust_remote_code` directory running meshctl's own model code; returns it."""
+    from meshctl.models.export import export_model as _export
+
+    return _export(model, out_dir)
+
+
 __all__ = [
-    "FLOP_FORMULAS", "ModelSpec", "PRESETS", "ParamCounts", "build", "count_params", "export_hf",
+    "FLOP_FORMULAS", "ModelSpec", "PRESETS", "ParamCounts", "build", "count_params", "export_hf", "export_model",
     "flops_per_token", "get_preset", "parse_structure", "resolve",
 ]

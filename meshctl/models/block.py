@@ -6,7 +6,7 @@ as [q | k | v]; causal SDPA; GELU MLP; biases everywhere; LayerNorm eps 1e-5. Pa
 `transformers`' GPTNeoXLayer so a vanilla model exports by renaming only.
 
 `spec` is a `meshctl.models.ModelSpec`, or the exported config's copy of its fields. Torch only, relative
-imports only: this file ships verbatim in exported model directories (`meshctl.models.remote_code`).
+imports only: this file ships verbatim in exported model directories (`meshctl.models.export`).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ its inputs, and so its keys and values, differ per loop. `KVCache.update(k, v, l
 this forward with the cache `generate()` hands it.
 
 Torch only, relative imports only: this file ships verbatim in exported model directories
-(`meshctl.models.remote_code`).
+(`meshctl.models.export`).
 """
 
 from __future__ import annotations

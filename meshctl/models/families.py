@@ -8,7 +8,7 @@ keyword argument of forward (default: the spec's), so a model trained with 2 loo
 This forward is the only one: generation passes a KV cache (`meshctl.models.cache`; one entry per layer
 application) and left-padding masks, probes pass `record(name, h)` to see the stage states, and the
 exported `trust_remote_code` model runs this file itself. Torch only, relative imports only: it ships
-verbatim in exported model directories (`meshctl.models.remote_code`).
+verbatim in exported model directories (`meshctl.models.export`).
 """
 
 from __future__ import annotations

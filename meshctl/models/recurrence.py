@@ -14,7 +14,7 @@ a model run with more loops than it was built for reuses the last step's paramet
 
 Every scheme initialises itself (`reset_parameters`, after the model's generic init of linear layers). Each
 acts per token, so a KV cache needs nothing from them. Torch only, relative imports only: this file ships
-verbatim in exported model directories (`meshctl.models.remote_code`).
+verbatim in exported model directories (`meshctl.models.export`).
 """
 
 from __future__ import annotations
