@@ -14,9 +14,10 @@ from meshctl.cli.common import Format, FormatOpt, ResultsDir, console, print_jso
 DEFAULT_RESULTS = Path("results")
 
 
-class ExecutorKind(str, Enum):
-    local = "local"
-    slurm = "slurm"
+from meshctl.specs.executor import EXECUTOR_KINDS
+
+# the executors' names as a CLI choice (meshctl/specs/executor.py is their one list)
+ExecutorKind = Enum("ExecutorKind", {kind: kind for kind in EXECUTOR_KINDS}, type=str)
 
 
 PLAN_COLUMNS = [
@@ -69,14 +70,36 @@ def sweep(
         from meshctl.orchestrate.submit import submit_sweep
 
         report = submit_sweep(parsed, raw, str(spec), results_dir, executor=executor.value if executor else None,
-                              retry_failed=retry_failed, force=force)
+                              retry_failed=retry_failed, force=force, evaluation=_checked_evaluation(parsed))
     if format == Format.json and not wait:
         print_json({"sweep": parsed.name, "submitted": report.job_ids, "skipped": report.skipped})
     else:  # with --format json --wait, stdout is kept for the final status document
         typer.echo(f"{parsed.name}: submitted {len(report.submitted)} run(s), left {len(report.skipped)} alone "
                    f"({_count_states(report.skipped)}); results in {results_dir}", err=format == Format.json)
+    if report.adopted:
+        typer.echo(f"{parsed.name}: adopted {len(report.adopted)} run(s) whose jobs a killed meshctl had submitted "
+                   "without recording them", err=True)
     if wait:
-        _wait(parsed.name, results_dir, format)
+        _wait(parsed.name, results_dir, format, takeover=lambda: submit_sweep(
+            parsed, raw, str(spec), results_dir, executor=executor.value if executor else None,
+            evaluation=_checked_evaluation(parsed)), command=f"meshctl sweep {spec}")
+
+
+def _checked_evaluation(parsed: Any) -> dict[str, Any] | None:
+    """The sweep's evaluation plan with its tasks expanded, refused (exit 2) before anything is submitted
+    when it could only fail after every run has trained: lm-eval missing, or a task name it does not know."""
+    if parsed.eval is None:
+        return None
+    from meshctl.analysis.evaluation import check_task_names, expand_tasks, require_lm_eval
+    from meshctl.errors import BadInput, MeshctlError
+
+    try:
+        require_lm_eval()
+    except MeshctlError as exc:
+        raise BadInput(f"eval: {exc}") from None
+    tasks = expand_tasks(parsed.eval.tasks)
+    check_task_names(tasks, where="eval.tasks")
+    return {**parsed.eval.model_dump(), "tasks": tasks, "expanded": True}
 
 
 def status(
@@ -133,14 +156,11 @@ def resubmit(
 
 def _observe(sweep_name: str | None, results_dir: Path) -> list[Any]:
     from meshctl.errors import BadInput
+    from meshctl.layout import require_ledger
     from meshctl.orchestrate.ledger import Ledger
     from meshctl.orchestrate.status import observe
-    from meshctl.orchestrate.submit import ledger_path
 
-    path = ledger_path(results_dir)
-    if not path.exists():
-        raise BadInput(f"--results-dir: no ledger at {path}; run `meshctl sweep SPEC` first or point --results-dir "
-                       "(env MESHCTL_RESULTS) at your results")
+    path = require_ledger(results_dir)
     with Ledger(path) as ledger:
         if sweep_name is not None and ledger.sweep_spec(sweep_name) is None:
             known = ", ".join(ledger.sweeps()) or "none yet"
@@ -194,18 +214,31 @@ def _print_status(sweep_name: str | None, statuses: list[Any]) -> None:
                 typer.echo(f"    {line}")
 
 
-def _wait(sweep_name: str, results_dir: Path, format: Format) -> None:
+def _wait(sweep_name: str, results_dir: Path, format: Format, takeover: Any = None, command: str = "") -> None:
     """A live table in a terminal; in a log (CI, nohup) one progress line every 30 s, then the table.
-    Waits for the sweep's evaluations too, where it has an evaluation plan."""
+    Waits for the sweep's evaluations too, where it has an evaluation plan. Never on nobody: runs left
+    without a job or a live claim (their claimer died) are taken over with `takeover()`, up to
+    TAKEOVERS times; what is still stranded then is named with the command to run, exit 1."""
     from rich.live import Live
 
     out = console(stderr=format == Format.json)
     statuses = _observe(sweep_name, results_dir)
+    takeovers = 0
+
+    def refresh() -> list[Any]:
+        nonlocal takeovers
+        current = _observe(sweep_name, results_dir)
+        if _stranded(current) and takeover is not None and takeovers < TAKEOVERS:
+            takeovers += 1
+            takeover()
+            current = _observe(sweep_name, results_dir)
+        return current
+
     if out.is_terminal:
         with Live(_status_renderable(sweep_name, statuses), refresh_per_second=1, console=out) as live:
             while _in_flight(statuses):
                 time.sleep(3)
-                statuses = _observe(sweep_name, results_dir)
+                statuses = refresh()
                 live.update(_status_renderable(sweep_name, statuses))
     else:
         last = 0.0
@@ -214,12 +247,26 @@ def _wait(sweep_name: str, results_dir: Path, format: Format) -> None:
                 out.print(f"{time.strftime('%H:%M:%S')} {sweep_name}: {_progress_line(statuses)}")
                 last = time.monotonic()
             time.sleep(3)
-            statuses = _observe(sweep_name, results_dir)
+            statuses = refresh()
         out.print(_status_renderable(sweep_name, statuses))
     if format == Format.json:
         print_json(_status_document(sweep_name, statuses))
+    stranded = _stranded(statuses, ("new", "incomplete"))
+    if stranded:
+        typer.echo(f"{sweep_name}: {len(stranded)} run(s) can make no progress without a new submission "
+                   f"({', '.join(f'{s.run_id} {s.state}' for s in stranded[:6])}{', ...' if len(stranded) > 6 else ''}); "
+                   f"run `{command or 'meshctl sweep SPEC'}` to submit them", err=True)
     if any(s.state != "completed" or s.evals == "failed" for s in statuses):
         raise typer.Exit(1)
+
+
+TAKEOVERS = 3  # stranded-run takeovers one --wait makes before it names them and exits 1
+
+
+def _stranded(statuses: list[Any], states: tuple[str, ...] = ("new",)) -> list[Any]:
+    """Runs nobody will move: no job and no live claim (`new`: their claimer died), or with `incomplete`
+    too, a job gone without final.json."""
+    return [s for s in statuses if s.state in states]
 
 
 def _in_flight(statuses: list[Any]) -> bool:

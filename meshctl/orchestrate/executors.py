@@ -22,16 +22,16 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from meshctl.errors import BadInput, MeshctlError
+from meshctl.specs.executor import ExecutorKind
 
 if TYPE_CHECKING:
     import submitit
 
-ExecutorKind = Literal["local", "slurm"]
 T = TypeVar("T")
 
 DEFAULT_MAX_ARRAY_SIZE = 1000  # SLURM's own default MaxArraySize, used when scontrol cannot tell

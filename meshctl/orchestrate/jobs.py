@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from meshctl.orchestrate.markers import EVAL_FAILURE, write_failure
+from meshctl.orchestrate.markers import EVAL_FAILURE, log_job, write_failure
 
 
 class TrainingJob:
@@ -88,6 +88,7 @@ def train_recording_failure(spec_json: str, run_dir: Path) -> dict[str, Any]:
     from meshctl.specs.run import RunSpec
     from meshctl.train.job import run_training
 
+    log_job(run_dir)  # before the lock: a duplicate job is counted too (tests count jobs per run from this)
     with exclusive(run_dir) as owned:
         if not owned:  # a duplicate job (e.g. a submitter killed before it recorded the first one)
             return {"skipped": f"another job is training {run_dir}"}

@@ -10,13 +10,16 @@ submitted, so two `meshctl sweep` processes never submit it twice.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from meshctl.orchestrate import claims
+from meshctl.orchestrate.claims import Owner
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sweeps (
@@ -37,6 +40,9 @@ CREATE TABLE IF NOT EXISTS submissions (
     submitted REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS submissions_run ON submissions(run_id);
+CREATE TABLE IF NOT EXISTS evaluation_plans (
+    sweep TEXT PRIMARY KEY REFERENCES sweeps(name), plan_json TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS transitions (
     id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, state TEXT NOT NULL,
     at REAL NOT NULL, detail TEXT
@@ -46,7 +52,8 @@ CREATE TABLE IF NOT EXISTS transitions (
 # How long a connection waits for another process's lock before giving up.
 BUSY_TIMEOUT_S = 60.0
 
-# A claim older than this is abandoned (the claiming process died between claim and record).
+# A claim not renewed for this long is abandoned even if its holder's process lives (a stuck holder);
+# a dead holder on this host loses its claims at once, one on another host after claims.LEASE_S.
 CLAIM_TIMEOUT_S = 600.0
 
 
@@ -58,11 +65,16 @@ class RunRow:
     state: str
     labels: dict
     position: int
-    claimed_at: float | None = None
+    claimed_at: float | None = None  # last renewal
+    claimed_by: str | None = None
 
     @property
     def live_claim(self) -> bool:
-        return _live(self.claimed_at)
+        return _live(self.claimed_by, self.claimed_at)
+
+    @property
+    def holder(self) -> Owner | None:
+        return claims.parse(self.claimed_by) if self.claimed_at is not None else None
 
 
 @dataclass(frozen=True)
@@ -109,8 +121,9 @@ class Ledger:
 
     # sweeps and runs
     def register_sweep(self, name: str, spec_hash: str, spec: dict, source: str | None,
-                       runs: Iterable[tuple[str, dict, Path, dict]]) -> None:
-        """Record a sweep and its runs (run_id, resolved spec, run dir, labels); existing runs keep state."""
+                       runs: Iterable[tuple[str, dict, Path, dict]], evaluation: dict | None = None) -> None:
+        """Record a sweep and its runs (run_id, resolved spec, run dir, labels); existing runs keep state.
+        `evaluation` is its eval plan with task aliases expanded (what `status` counts documents of)."""
         now = time.time()
         with self.transaction() as db:
             db.execute(
@@ -119,6 +132,9 @@ class Ledger:
                 (name, spec_hash, json.dumps(spec, sort_keys=True), source, now, now, now),
             )
             db.execute("DELETE FROM sweep_runs WHERE sweep = ?", (name,))
+            db.execute("DELETE FROM evaluation_plans WHERE sweep = ?", (name,))
+            if evaluation is not None:
+                db.execute("INSERT INTO evaluation_plans VALUES (?, ?)", (name, json.dumps(evaluation, sort_keys=True)))
             for position, (run_id, run_spec, run_dir, labels) in enumerate(runs):
                 db.execute(
                     "INSERT INTO runs VALUES (?, ?, ?, 'new', NULL, NULL, ?, ?) ON CONFLICT(run_id) DO NOTHING",
@@ -134,18 +150,24 @@ class Ledger:
         row = self._db.execute("SELECT spec_json FROM sweeps WHERE name = ?", (name,)).fetchone()
         return json.loads(row[0]) if row else None
 
+    def evaluation_plan(self, name: str) -> dict | None:
+        row = self._db.execute("SELECT plan_json FROM evaluation_plans WHERE sweep = ?", (name,)).fetchone()
+        return json.loads(row[0]) if row else None
+
     def runs(self, sweep: str | None = None) -> list[RunRow]:
         if sweep is None:
             rows = self._db.execute(
-                "SELECT r.run_id, r.spec_json, r.run_dir, r.state, '{}', r.created, r.claimed_at FROM runs r "
+                "SELECT r.run_id, r.spec_json, r.run_dir, r.state, '{}', r.created, r.claimed_at, r.claimed_by FROM runs r "
                 "ORDER BY r.created"
             ).fetchall()
         else:
             rows = self._db.execute(
-                "SELECT r.run_id, r.spec_json, r.run_dir, r.state, s.labels_json, s.position, r.claimed_at FROM runs r "
+                "SELECT r.run_id, r.spec_json, r.run_dir, r.state, s.labels_json, s.position, r.claimed_at, r.claimed_by "
+                "FROM runs r "
                 "JOIN sweep_runs s ON s.run_id = r.run_id WHERE s.sweep = ? ORDER BY s.position", (sweep,)
             ).fetchall()
-        return [RunRow(r[0], json.loads(r[1]), Path(r[2]), r[3], json.loads(r[4]), int(r[5]), r[6]) for r in rows]
+        return [RunRow(r[0], json.loads(r[1]), Path(r[2]), r[3], json.loads(r[4]), int(r[5]), r[6], r[7])
+                for r in rows]
 
     def run(self, run_id: str) -> RunRow | None:
         row = self._db.execute("SELECT run_id, spec_json, run_dir, state FROM runs WHERE run_id = ?",
@@ -156,34 +178,68 @@ class Ledger:
         return [r[0] for r in self._db.execute("SELECT run_id FROM runs WHERE run_id LIKE ?", (prefix + "%",))]
 
     # claims and submissions
-    def claim(self, run_ids: Iterable[str], may_claim: Callable[[str, bool], bool], owner: str | None = None) -> list[str]:
-        """Atomically take the runs `may_claim(state, has_live_claim)` accepts; returns the ids claimed."""
-        owner = owner or f"{os.getpid()}@{time.time():.6f}"
+    def claim(self, run_ids: Iterable[str], may_claim: Callable[[str, bool], bool],
+              owner: Owner | None = None) -> list[str]:
+        """Atomically take the runs `may_claim(state, has_live_claim)` accepts; returns the ids claimed.
+        A claim names its holder (host, pid, process start): a dead holder's claims count as none."""
+        token = (owner or claims.me()).token()
         now, claimed = time.time(), []
         with self.transaction() as db:
             for run_id in run_ids:
-                state, claimed_at = db.execute(
-                    "SELECT state, claimed_at FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-                live = _live(claimed_at, now)
-                if may_claim(state, live):
+                state, claimed_by, claimed_at = db.execute(
+                    "SELECT state, claimed_by, claimed_at FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+                if may_claim(state, _live(claimed_by, claimed_at, now)):
                     db.execute("UPDATE runs SET claimed_by = ?, claimed_at = ?, updated = ? WHERE run_id = ?",
-                               (owner, now, now, run_id))
+                               (token, now, now, run_id))
                     claimed.append(run_id)
         return claimed
 
-    def release(self, run_ids: Iterable[str]) -> None:
+    def renew(self, owner: Owner) -> int:
+        """Extend the lease of every claim `owner` holds (what a holder on another host is judged by)."""
         with self.transaction() as db:
-            db.executemany("UPDATE runs SET claimed_by = NULL, claimed_at = NULL WHERE run_id = ?",
-                           [(r,) for r in run_ids])
+            return db.execute("UPDATE runs SET claimed_at = ? WHERE claimed_by = ?",
+                              (time.time(), owner.token())).rowcount
 
-    def record_submissions(self, submissions: Iterable[Submission]) -> None:
-        """Store job ids, mark the runs submitted and drop their claims, in one transaction."""
+    @contextmanager
+    def lease(self, owner: Owner) -> Iterator[Owner]:
+        """Renew `owner`'s claims every quarter lease from a thread (its own connection) until the block ends."""
+        stop = threading.Event()
+
+        def renew() -> None:
+            with Ledger(self.path) as ledger:
+                while not stop.wait(claims.LEASE_S / 4):
+                    ledger.renew(owner)
+
+        thread = threading.Thread(target=renew, name="meshctl-lease", daemon=True)
+        thread.start()
+        try:
+            yield owner
+        finally:
+            stop.set()
+            thread.join()
+
+    def release(self, run_ids: Iterable[str], owner: Owner | None = None) -> None:
+        """Drop claims (only those `owner` holds, when given)."""
+        with self.transaction() as db:
+            if owner is None:
+                db.executemany("UPDATE runs SET claimed_by = NULL, claimed_at = NULL WHERE run_id = ?",
+                               [(r,) for r in run_ids])
+            else:
+                db.executemany("UPDATE runs SET claimed_by = NULL, claimed_at = NULL WHERE run_id = ? AND claimed_by = ?",
+                               [(r, owner.token()) for r in run_ids])
+
+    def record_submissions(self, submissions: Iterable[Submission], detail: str | None = None) -> None:
+        """Store job ids, mark the runs submitted and drop their claims, in one transaction. A job already
+        recorded for its run is not recorded again (two re-runs may adopt the same job)."""
         with self.transaction() as db:
             for s in submissions:
+                if db.execute("SELECT 1 FROM submissions WHERE run_id = ? AND job_id = ?", (s.run_id, s.job_id)).fetchone():
+                    continue
                 db.execute("INSERT INTO submissions (run_id, executor, job_id, array_index, folder, submitted) "
                            "VALUES (?, ?, ?, ?, ?, ?)",
                            (s.run_id, s.executor, s.job_id, s.array_index, s.folder, s.submitted))
-                self._set_state(db, s.run_id, "submitted", f"{s.executor} job {s.job_id}")
+                self._set_state(db, s.run_id, "submitted",
+                                f"{s.executor} job {s.job_id}" + (f" ({detail})" if detail else ""))
                 db.execute("UPDATE runs SET claimed_by = NULL, claimed_at = NULL WHERE run_id = ?", (s.run_id,))
 
     def latest_submissions(self, run_ids: Iterable[str] | None = None) -> dict[str, Submission]:
@@ -195,8 +251,8 @@ class Ledger:
         return {r[0]: Submission(*r) for r in rows if wanted is None or r[0] in wanted}
 
     def has_live_claim(self, run_id: str) -> bool:
-        row = self._db.execute("SELECT claimed_at FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-        return bool(row) and _live(row[0])
+        row = self._db.execute("SELECT claimed_by, claimed_at FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        return bool(row) and _live(row[0], row[1])
 
     # states
     def set_states(self, states: dict[str, str], detail: str | None = None) -> None:
@@ -220,9 +276,9 @@ class Ledger:
             "SELECT state, at, detail FROM transitions WHERE run_id = ? ORDER BY id", (run_id,))]
 
 
-def _live(claimed_at: float | None, now: float | None = None) -> bool:
-    """A claim younger than CLAIM_TIMEOUT_S belongs to a submitter that may still be at work."""
-    return claimed_at is not None and (now if now is not None else time.time()) - claimed_at < CLAIM_TIMEOUT_S
+def _live(claimed_by: str | None, claimed_at: float | None, now: float | None = None) -> bool:
+    """The claim's holder may still be at work (see claims.live)."""
+    return claims.live(claimed_by, claimed_at, time.time() if now is None else now, CLAIM_TIMEOUT_S)
 
 
 def _enable_wal(db: sqlite3.Connection) -> None:

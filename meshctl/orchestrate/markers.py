@@ -6,6 +6,8 @@
     eval_job.json      the SLURM job that evaluates the run after training: job id, time (a local lane
                        evaluates in the run's own job)
     cancelled.json     `meshctl cancel` stopped it: time; local jobs leave no scheduler record to say so
+    jobs.jsonl         one line per job that took the run up: its SLURM job id or its local lane's
+                       submission token, pid, host, time; written by the job itself, whatever the ledger says
 
 A marker counts only if it is newer than the run's latest submission, so a resubmitted run starts clean.
 """
@@ -13,12 +15,14 @@ A marker counts only if it is newer than the run's latest submission, so a resub
 from __future__ import annotations
 
 import json
+import os
+import socket
 import time
 import traceback
 from pathlib import Path
 from typing import Any
 
-FAILURE, EVAL_FAILURE, EVAL_JOB, CANCELLED = "failure.json", "eval_failure.json", "eval_job.json", "cancelled.json"
+from meshctl.layout import CANCELLED, EVAL_FAILURE, EVAL_JOB, FAILURE, JOB_LOG, read_json
 
 
 def write_failure(run_dir: Path, exc: BaseException, name: str = FAILURE) -> None:
@@ -55,14 +59,28 @@ def read_eval_job(run_dir: Path) -> dict[str, Any] | None:
     return _read(run_dir / EVAL_JOB)
 
 
+def log_job(run_dir: Path) -> None:
+    """Append this job's identity to the run's jobs.jsonl (one short line: atomic as an O_APPEND write)."""
+    job = (f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}" if "SLURM_ARRAY_JOB_ID" in os.environ
+           else os.environ.get("SLURM_JOB_ID"))
+    record = {"job": job, "submission": os.environ.get("MESHCTL_SUBMISSION"), "pid": os.getpid(),
+              "host": socket.gethostname(), "at": time.time()}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / JOB_LOG, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def read_jobs(run_dir: Path) -> list[dict[str, Any]]:
+    try:
+        lines = (run_dir / JOB_LOG).read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in lines if line.strip()]
+
+
 def clear(run_dir: Path) -> None:
     for name in (FAILURE, EVAL_FAILURE, EVAL_JOB, CANCELLED):
         (run_dir / name).unlink(missing_ok=True)
 
 
-def _read(path: Path) -> dict[str, Any] | None:
-    try:
-        record = json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-    return record if isinstance(record, dict) else None
+_read = read_json

@@ -3,7 +3,7 @@
 The scheduler is asked once per refresh for all job ids (one `sacct`, one pid sweep for local jobs),
 never once per run. Run directories are read from their tail only, so status stays fast at 1,000 runs.
 
-States: new (never submitted), submitting (claimed by a live meshctl), pending, running, requeued,
+States: new (never submitted), submitting (claimed by a live meshctl: `claim` names it), pending, running, requeued,
 completed (final.json), failed (the training raised, or the scheduler says FAILED/OOM/NODE_FAIL),
 cancelled, incomplete (the job is gone without final.json: killed, timed out; re-running the sweep
 resumes it from its checkpoint).
@@ -16,15 +16,15 @@ evaluation jobs are not ledger runs; their results and failures are read from th
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from meshctl.orchestrate.markers import EVAL_FAILURE, read_cancelled, read_eval_job, read_failure
+from meshctl.layout import EVAL_DIR, FINAL, JOB_LOG, read_json, tail_metrics
+from meshctl.orchestrate.backends import backend
 from meshctl.orchestrate.ledger import Ledger, RunRow, Submission
+from meshctl.orchestrate.markers import EVAL_FAILURE, read_cancelled, read_eval_job, read_failure
 
 ACTIVE = ("submitting", "pending", "running", "requeued")
 TERMINAL = ("completed", "failed", "cancelled")
@@ -35,7 +35,6 @@ SCHEDULER_STATES = {
     "CANCELLED": "cancelled", "FAILED": "failed", "OUT_OF_MEMORY": "failed", "NODE_FAIL": "failed",
     "BOOT_FAIL": "failed", "DEADLINE": "incomplete", "TIMEOUT": "incomplete", "COMPLETED": "ended",
 }
-TAIL_BYTES = 64 * 1024
 NO_RECORD_GRACE_S = 60  # a job just submitted may not be in the scheduler's records yet
 
 
@@ -58,92 +57,20 @@ class RunStatus:
     log_tail: list[str] = field(default_factory=list)
     evals: str | None = None  # the sweep's evaluation plan: documents written / tasks, or "failed"
     evaluating: bool = False  # an evaluation job of this run is pending or running
+    claim: str | None = None  # who holds the run's claim and since when: "pid 4242 on node7 since ..."
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def tail_metrics(run_dir: Path) -> dict[str, Any]:
-    """Latest step's record merged with the latest validation seen in the file's tail."""
-    path = run_dir / "metrics.jsonl"
-    try:
-        with open(path, "rb") as f:
-            size = f.seek(0, os.SEEK_END)
-            f.seek(max(0, size - TAIL_BYTES))
-            lines = f.read().decode("utf-8", "replace").splitlines()
-    except FileNotFoundError:
-        return {}
-    latest: dict[str, Any] = {}
-    val: dict[str, Any] | None = None
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a partial first line of the tail, or a write cut by a kill
-        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
-            continue
-        if record["step"] >= latest.get("step", -1):
-            latest = {**latest, **record} if record["step"] == latest.get("step") else dict(record)
-        if isinstance(record.get("val"), dict) and record["val"]:
-            val = record["val"]
-    if val is not None:
-        latest["last_val"] = val
-    return latest
-
-
-def local_job_states(submissions: list[Submission]) -> dict[str, str]:
-    """Local submitit jobs: the job id is the controller's pid; a dead one left a result pickle or not."""
-    states = {}
-    for sub in submissions:
-        try:
-            os.kill(int(sub.job_id), 0)
-            alive = _is_our_process(int(sub.job_id))
-        except (ProcessLookupError, ValueError):
-            alive = False
-        except PermissionError:
-            alive = True
-        if alive:
-            states[sub.job_id] = "RUNNING"
-            continue
-        result = Path(sub.folder) / f"{sub.job_id}_0_result.pkl"
-        states[sub.job_id] = _result_state(result)
-    return states
-
-
-def _is_our_process(pid: int) -> bool:
-    """Guard against pid reuse: the process must be a Python (submitit controller) process."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return True  # no /proc (macOS): trust kill(0)
-    if not cmdline:
-        return False  # a zombie
-    return b"python" in cmdline and b"submitit" in cmdline
-
-
-def _result_state(result: Path) -> str:
-    if not result.exists():
-        return "TIMEOUT"  # gone without a result: killed or lost; resumable
-    import pickle
-
-    try:
-        outcome = pickle.loads(result.read_bytes())[0]
-    except Exception:
-        return "FAILED"
-    return "COMPLETED" if outcome == "success" else "FAILED"
-
-
 def scheduler_states(submissions: list[Submission]) -> dict[str, str]:
+    """The scheduler's word for every job: one query per executor kind for all of them."""
     by_kind: dict[str, list[Submission]] = {}
     for sub in submissions:
         by_kind.setdefault(sub.executor, []).append(sub)
     states: dict[str, str] = {}
-    if by_kind.get("local"):
-        states.update(local_job_states(by_kind["local"]))
-    if by_kind.get("slurm"):
-        from meshctl.orchestrate.executors import query_states
-
-        states.update(query_states([s.job_id for s in by_kind["slurm"]]))  # one sacct for all
+    for kind, subs in by_kind.items():
+        states.update(backend(kind).states(subs))
     return states
 
 
@@ -174,7 +101,7 @@ def derive(row: RunRow, sub: Submission | None, scheduler: str | None, live_clai
         first = next(iter(val.values()), None)
         status.val_loss = first.get("loss") if isinstance(first, dict) else None
 
-    final = _read_json(run_dir / "final.json")
+    final = read_json(run_dir / FINAL)
     if final is not None:
         status.state = "completed"
         status.val_loss = final.get("val_loss", status.val_loss)
@@ -182,8 +109,15 @@ def derive(row: RunRow, sub: Submission | None, scheduler: str | None, live_clai
     failure = read_failure(run_dir)
     cancelled_at = read_cancelled(run_dir)
     state = scheduler_state(scheduler)
+    holder = row.holder
+    if holder is not None and live_claim:
+        status.claim = holder.describe()
     if sub is None:
         status.state = "submitting" if live_claim else "new"
+        if live_claim:
+            status.detail = f"claimed by {status.claim or 'an older meshctl'}"
+        elif holder is not None:
+            status.detail = f"claim of {holder.describe()} lapsed (holder gone); `meshctl sweep` takes it over"
     elif cancelled_at is not None and cancelled_at >= sub.submitted:
         status.state = "cancelled"
     elif failure is not None and failure.get("at", 0) >= sub.submitted:
@@ -195,8 +129,8 @@ def derive(row: RunRow, sub: Submission | None, scheduler: str | None, live_clai
     elif state == "ended":  # the job finished but this run has no final.json
         status.state, status.detail = "failed", f"job {sub.job_id} ended without final.json"
         status.log_tail = _log_tail(sub)
-    elif state == "running" and sub.executor == "local" and not metrics:
-        status.state = "pending"  # queued behind other runs in its local lane
+    elif state == "running" and not _taken_up(run_dir, sub):
+        status.state = "pending"  # its job runs but has not reached this run yet (a local lane's queue)
     else:
         status.state = state
         if state == "failed":
@@ -216,56 +150,92 @@ def _tokens_per_step(spec: dict[str, Any]) -> int:
     return int(spec.get("train", {}).get("global_batch") or 0) * int(spec.get("data", {}).get("seq_len") or 0)
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def _taken_up(run_dir: Path, sub: Submission) -> bool:
+    """A job of this submission has started on the run (it appends to jobs.jsonl when it does)."""
     try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
+        return (run_dir / JOB_LOG).stat().st_mtime >= sub.submitted - 1
+    except FileNotFoundError:
+        return False
 
 
 def observe(ledger: Ledger, sweep: str | None = None, record: bool = True) -> list[RunStatus]:
-    """Status of every run of a sweep (all runs if None); records state changes in the ledger."""
+    """Status of every run of a sweep (all runs if None); records state changes in the ledger.
+    One scheduler query per executor kind for the training jobs and the evaluation jobs together."""
     rows = ledger.runs(sweep)
     subs = ledger.latest_submissions(r.run_id for r in rows)
-    sched = scheduler_states([s for r in rows if (s := subs.get(r.run_id)) is not None
-                              and not (r.run_dir / "final.json").exists()])
+    plan = _plan(ledger, sweep)
+    finished = {r.run_id for r in rows if (r.run_dir / FINAL).exists()}
+    progress = _evaluation_progress(rows, subs, finished, plan) if plan else {}
+    asked = [s for r in rows if (s := subs.get(r.run_id)) is not None and r.run_id not in finished]
+    sched = scheduler_states(asked + [job for _, _, job in progress.values() if job is not None])
     statuses = []
     for row in rows:
         sub = subs.get(row.run_id)
         scheduler = sched.get(sub.job_id) if sub is not None else None
         statuses.append(derive(row, sub, scheduler, row.live_claim))
-    plan = (ledger.sweep_spec(sweep) or {}).get("eval") if sweep is not None else None
-    if plan:
-        observe_evaluations(statuses, rows, subs, plan)
+    _apply_evaluations(statuses, rows, progress, sched)
     if record:
         ledger.set_states({s.run_id: s.state for s in statuses})
     return statuses
 
 
+def _plan(ledger: Ledger, sweep: str | None) -> dict[str, Any] | None:
+    if sweep is None:
+        return None
+    return ledger.evaluation_plan(sweep) or (ledger.sweep_spec(sweep) or {}).get("eval")
+
+
+def plan_tasks(plan: dict[str, Any]) -> list[str]:
+    """The plan's task names. A ledger keeps them expanded; a plan as written in a spec (`offline`,
+    `paper`) is expanded by the evaluation module, imported only then."""
+    if plan.get("expanded"):
+        return list(plan["tasks"])
+    from meshctl.analysis.evaluation import expand_tasks
+
+    return expand_tasks(plan.get("tasks"))
+
+
+def result_name(task: str, num_fewshot: int) -> str:
+    """eval/<task>[.<n>shot].json at the trained depth (analysis.evaluation.result_path writes it)."""
+    return f"{task}{f'.{num_fewshot}shot' if num_fewshot else ''}.json"
+
+
+def _evaluation_progress(rows: list[RunRow], subs: dict[str, Submission], completed: set[str],
+                         plan: dict[str, Any]) -> dict[str, tuple[int, int, Submission | None]]:
+    """run id -> (documents written, tasks, the job evaluating it if the plan is not done) per completed run."""
+    tasks, shots = plan_tasks(plan), int(plan.get("num_fewshot") or 0)
+    out = {}
+    for row in rows:
+        if row.run_id in completed:
+            done = sum((row.run_dir / EVAL_DIR / result_name(task, shots)).exists() for task in tasks)
+            job = evaluation_job(row.run_dir, subs.get(row.run_id)) if done < len(tasks) else None
+            out[row.run_id] = (done, len(tasks), job)
+    return out
+
+
 def observe_evaluations(statuses: list[RunStatus], rows: list[RunRow], subs: dict[str, Submission],
                         plan: dict[str, Any]) -> None:
     """The evaluation plan's progress for every completed run, its unfinished jobs asked about at once."""
-    from meshctl.analysis.evaluation import expand_tasks, result_path
+    progress = _evaluation_progress(rows, subs, {s.run_id for s in statuses if s.state == "completed"}, plan)
+    states = scheduler_states([job for _, _, job in progress.values() if job is not None])
+    _apply_evaluations(statuses, rows, progress, states)
 
-    tasks = expand_tasks(plan.get("tasks"))
-    shots = int(plan.get("num_fewshot") or 0)
-    unfinished: dict[str, tuple[RunStatus, Path, Submission]] = {}
+
+def _apply_evaluations(statuses: list[RunStatus], rows: list[RunRow],
+                       progress: dict[str, tuple[int, int, Submission | None]], states: dict[str, str]) -> None:
     for status, row in zip(statuses, rows):
-        if status.state != "completed":
+        if status.state != "completed" or row.run_id not in progress:
             continue
-        done = sum(result_path(row.run_dir, task, shots, None).exists() for task in tasks)
-        status.evals = f"{done}/{len(tasks)}"
-        if done < len(tasks) and (job := evaluation_job(row.run_dir, subs.get(row.run_id))) is not None:
-            unfinished[row.run_id] = (status, row.run_dir, job)
-    states = scheduler_states([job for _, _, job in unfinished.values()])
-    for status, run_dir, job in unfinished.values():
-        add_evaluation_state(status, run_dir, job, states.get(job.job_id))
+        done, total, job = progress[row.run_id]
+        status.evals = f"{done}/{total}"
+        if job is not None:
+            add_evaluation_state(status, row.run_dir, job, states.get(job.job_id))
 
 
 def evaluation_job(run_dir: Path, sub: Submission | None) -> Submission | None:
-    """The job that evaluates a run: a local lane evaluates in the run's own job, SLURM in the dependent
-    job recorded at submission."""
-    if sub is None or sub.executor == "local":
+    """The job that evaluates a run: its own where its executor evaluates there (a local lane), else the
+    one recorded at submission (eval_job.json: a SLURM dependent job)."""
+    if sub is None or backend(sub.executor).evaluates_in_job:
         return sub
     record = read_eval_job(run_dir)
     if record is None:

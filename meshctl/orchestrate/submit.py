@@ -3,22 +3,35 @@
 Idempotent by construction: runs are content-addressed, so re-running a sweep finds its runs again.
 Completed and in-flight runs are left alone; new and incomplete ones are submitted (an incomplete run
 resumes from its checkpoint); failed and cancelled ones only with `retry_failed`; `force` also re-runs
-completed ones after moving their directory aside (nothing is deleted). Runs are claimed in one ledger
-transaction before submission, so concurrent `meshctl sweep` processes never submit a run twice.
+completed ones after moving their directory aside (nothing is deleted).
+
+Never twice, whatever is killed when:
+1. reconcile: submission records still pending from a submitter that is gone (written before each
+   sbatch / lane start, see records.py) are looked up at the scheduler in one query; the jobs found are
+   adopted into the ledger and released, so their runs count as in flight and are not submitted again;
+2. claim: the runs to submit are claimed in one ledger transaction, each claim naming its holder (host,
+   pid, process start: a dead holder's claims are taken over at once; claims.py);
+3. submit batch by batch: record written, job submitted (SLURM: held), ledger told, job released.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from meshctl.errors import BadInput, MeshctlError
-from meshctl.orchestrate.ledger import Ledger, Submission
+from meshctl.errors import BadInput
+from meshctl.layout import jobs_dir, ledger_path, run_dir_of  # noqa: F401  (also imported from here)
+from meshctl.orchestrate import claims, records
+from meshctl.orchestrate.backends import Backend, backend
+from meshctl.orchestrate.ledger import CLAIM_TIMEOUT_S, Ledger, Submission
 from meshctl.orchestrate.status import ACTIVE, observe
-from meshctl.specs.sweep import PlannedRun, SweepSpec, expand, sweep_hash
+
+if TYPE_CHECKING:
+    from meshctl.specs.sweep import PlannedRun, SweepSpec
 
 RESUBMITTABLE = ("new", "incomplete")
 RETRYABLE = ("failed", "cancelled")
@@ -29,14 +42,7 @@ class SubmitReport:
     submitted: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # run id -> state it was left in
     job_ids: dict[str, str] = field(default_factory=dict)
-
-
-def ledger_path(results_dir: Path) -> Path:
-    return Path(results_dir) / "meshctl.sqlite"
-
-
-def run_dir_of(results_dir: Path, run_id: str) -> Path:
-    return Path(results_dir) / "runs" / run_id
+    adopted: list[str] = field(default_factory=list)  # runs whose unrecorded jobs were found and adopted
 
 
 def check_data(planned: list[PlannedRun]) -> None:
@@ -66,20 +72,6 @@ def check_data(planned: list[PlannedRun]) -> None:
                 )
 
 
-def check_eval(sweep: SweepSpec) -> None:
-    """Refuse before submitting an evaluation plan that could only fail after every run has trained:
-    lm-eval missing, or a task name it does not know."""
-    if sweep.eval is None:
-        return
-    from meshctl.analysis.evaluation import check_task_names, expand_tasks, require_lm_eval
-
-    try:
-        require_lm_eval()
-    except MeshctlError as exc:
-        raise BadInput(f"eval: {exc}") from None
-    check_task_names(expand_tasks(sweep.eval.tasks), where="eval.tasks")
-
-
 def wants_submission(state: str, live_claim: bool, retry_failed: bool, force: bool) -> bool:
     if live_claim or state in ACTIVE:
         return False  # never duplicate a run in flight
@@ -93,42 +85,69 @@ def wants_submission(state: str, live_claim: bool, retry_failed: bool, force: bo
 def submit_sweep(
     sweep: SweepSpec, raw: dict[str, Any], source: str, results_dir: Path, *,
     executor: str | None = None, retry_failed: bool = False, force: bool = False,
+    evaluation: dict[str, Any] | None = None,
 ) -> SubmitReport:
+    """`evaluation` is the sweep's eval plan with its task aliases expanded (the CLI checks and expands
+    them; default: the plan as written)."""
+    from meshctl.specs.sweep import expand, sweep_hash
+
     planned = expand(sweep, source)
     check_data(planned)
-    check_eval(sweep)
-    kind = executor or sweep.executor.kind
+    chosen = backend(executor or sweep.executor.kind)
+    if evaluation is None and sweep.eval is not None:
+        evaluation = sweep.eval.model_dump()
     results_dir = Path(results_dir).absolute()
+    folder = jobs_dir(results_dir, sweep.name)
     by_id = {p.run_id: p for p in planned}
     report = SubmitReport()
     with Ledger(ledger_path(results_dir)) as ledger:
         ledger.register_sweep(
             sweep.name, sweep_hash(raw), raw, source,
             [(p.run_id, p.spec.model_dump(mode="json"), run_dir_of(results_dir, p.run_id), p.labels) for p in planned],
+            evaluation=evaluation,
         )
+        report.adopted = reconcile(ledger, folder)
         current = {s.run_id: s for s in observe(ledger, sweep.name)}
-        claimed = ledger.claim(
-            [p.run_id for p in planned],
-            # the ledger's state was just refreshed by observe(); a concurrent sweep's claim or record wins
-            lambda state, live: wants_submission(state, live, retry_failed, force),
-        )
-        report.skipped = {rid: current[rid].state for rid in by_id if rid not in claimed}
-        if not claimed:
-            return report
-        try:
-            for rid in claimed:
-                if current[rid].state == "completed":
-                    _move_aside(Path(current[rid].run_dir))
-            submissions = submit_planned(kind, sweep.name, [by_id[r] for r in claimed], results_dir,
-                                         sweep.executor.max_parallel,
-                                         sweep.eval.model_dump() if sweep.eval is not None else None)
-        except BaseException:
-            ledger.release(claimed)
-            raise
-        ledger.record_submissions(submissions)
-        report.submitted = [s.run_id for s in submissions]
-        report.job_ids = {s.run_id: s.job_id for s in submissions}
+        owner = claims.me()
+        with ledger.lease(owner):
+            claimed = ledger.claim(
+                [p.run_id for p in planned],
+                # the ledger's state was just refreshed by observe(); a concurrent sweep's claim or record wins
+                lambda state, live: wants_submission(state, live, retry_failed, force), owner=owner,
+            )
+            report.skipped = {rid: current[rid].state for rid in by_id if rid not in claimed}
+            if not claimed:
+                return report
+            try:
+                for rid in claimed:
+                    if current[rid].state == "completed":
+                        _move_aside(Path(current[rid].run_dir))
+                submissions = submit_planned(ledger, chosen, owner, sweep.name, [by_id[r] for r in claimed],
+                                             results_dir, sweep.executor.max_parallel, evaluation)
+            finally:
+                ledger.release(claimed, owner)  # recorded runs dropped their claims already; this frees the rest
+    report.submitted = [s.run_id for s in submissions]
+    report.job_ids = {s.run_id: s.job_id for s in submissions}
     return report
+
+
+def reconcile(ledger: Ledger, folder: Path) -> list[str]:
+    """Adopt the jobs of submissions whose submitter died before the ledger heard of them (one scheduler
+    query per executor for all of them); settle their records. Returns the runs adopted."""
+    now = time.time()
+    leftovers = [r for r in records.pending(folder) if not claims.live(r.owner, r.at, now, CLAIM_TIMEOUT_S)]
+    adopted: list[str] = []
+    for kind in sorted({r.kind for r in leftovers}):
+        chosen = backend(kind)
+        mine = [r for r in leftovers if r.kind == kind]
+        found = chosen.adopt(mine, lambda run_id: json.dumps(ledger.run(run_id).spec))
+        subs = [s for record in mine for s in found.get(record.token, [])]
+        ledger.record_submissions(subs, detail="adopted")
+        chosen.release(subs)
+        for record in mine:
+            records.settle(record, [s.job_id for s in found.get(record.token, [])])
+        adopted += [s.run_id for s in subs]
+    return adopted
 
 
 def _move_aside(run_dir: Path) -> None:
@@ -136,62 +155,19 @@ def _move_aside(run_dir: Path) -> None:
         shutil.move(str(run_dir), str(run_dir.with_name(f"{run_dir.name}.old-{int(time.time())}")))
 
 
-def submit_planned(kind: str, folder_name: str, runs: list[PlannedRun], results_dir: Path,
-                   max_parallel: int, evaluation: dict[str, Any] | None = None) -> list[Submission]:
-    """Submit runs through submitit: local lanes of sequential runs, or SLURM arrays per resource shape
-    (with a dependent evaluation array when an evaluation plan is given)."""
-    from meshctl.orchestrate.executors import Resources, make_executor, max_array_size, split_arrays
-    from meshctl.orchestrate.jobs import RunQueue, TrainingJob
-
-    folder = results_dir / "jobs" / folder_name
-    now = time.time()
+def submit_planned(ledger: Ledger, chosen: Backend, owner: claims.Owner, folder_name: str, runs: list[PlannedRun],
+                   results_dir: Path, max_parallel: int, evaluation: dict[str, Any] | None = None) -> list[Submission]:
+    """Submit claimed runs batch by batch (a SLURM array, a local lane): record, submit, ledger, release."""
+    folder = jobs_dir(results_dir, folder_name)
     out: list[Submission] = []
-
-    def payload(run: PlannedRun) -> tuple[str, str]:
-        return run.spec.model_dump_json(), str(run_dir_of(results_dir, run.run_id))
-
-    if kind == "local":
-        # submitit's local executor starts every job at once: lanes of sequential runs bound concurrency
-        lanes = [runs[i:: max_parallel] for i in range(min(max_parallel, len(runs)))]
-        for lane in lanes:
-            resources = Resources.model_validate(lane[0].resources)
-            executor = make_executor("local", folder, resources, name=f"meshctl-{folder_name}")
-            job = executor.submit(RunQueue([payload(r) for r in lane], evaluation))
-            out += [Submission(r.run_id, "local", str(job.job_id), None, str(folder), now) for r in lane]
-        return out
-
-    groups: dict[str, list[PlannedRun]] = {}
-    for run in runs:  # one array per resource signature (a SLURM array shares one resource request)
-        groups.setdefault(Resources.model_validate(run.resources).model_dump_json(), []).append(run)
-    limit = max_array_size()
-    for signature, members in groups.items():
-        resources = Resources.model_validate_json(signature)
-        if "array_parallelism" not in members[0].resources:
-            resources = resources.model_copy(update={"array_parallelism": max_parallel})
-        executor = make_executor("slurm", folder, resources, name=f"meshctl-{folder_name}")
-        for chunk in split_arrays(members, limit):
-            jobs = executor.submit_array([TrainingJob(*payload(r)) for r in chunk])
-            out += [Submission(r.run_id, "slurm", str(j.job_id), i, str(folder), now)
-                    for i, (r, j) in enumerate(zip(chunk, jobs))]
-            if evaluation is not None:
-                _submit_evaluations(folder, folder_name, resources, jobs, chunk, results_dir, evaluation)
+    for batch in chosen.batches(runs, max_parallel):
+        record = records.SubmissionRecord.new(
+            chosen.kind, folder, folder_name, [r.run_id for r in batch], owner.token(),
+            resources=chosen.resources(batch, max_parallel), evaluation=evaluation)
+        records.write_pending(record)
+        subs = chosen.submit(record, batch, results_dir)
+        ledger.record_submissions(subs)
+        chosen.release(subs)
+        records.settle(record, [s.job_id for s in subs])
+        out += subs
     return out
-
-
-def _submit_evaluations(folder: Path, folder_name: str, resources: Any, jobs: list[Any], chunk: list[PlannedRun],
-                        results_dir: Path, evaluation: dict[str, Any]) -> None:
-    """An array of evaluations, task i starting once training task i succeeded (aftercorr); one GPU
-    each. They are not ledger runs: their results land in the run directories (`eval/*.json`)."""
-    from meshctl.orchestrate.executors import make_executor
-    from meshctl.orchestrate.jobs import EvalJob
-    from meshctl.orchestrate.markers import write_eval_job
-
-    array_id = str(jobs[0].job_id).split("_")[0]
-    eval_resources = resources.model_copy(update={
-        "nodes": 1, "gpus_per_node": min(1, resources.gpus_per_node), "tasks_per_node": 1,
-        "extra": {**resources.extra, "dependency": f"aftercorr:{array_id}", "kill_on_invalid_dep": "yes"},
-    })
-    executor = make_executor("slurm", folder, eval_resources, name=f"meshctl-eval-{folder_name}")
-    run_dirs = [run_dir_of(results_dir, r.run_id) for r in chunk]
-    for run_dir, job in zip(run_dirs, executor.submit_array([EvalJob(str(d), evaluation) for d in run_dirs])):
-        write_eval_job(run_dir, str(job.job_id))  # for status and --wait

@@ -72,7 +72,9 @@ class TrainSpec(BaseModel):
     precision: Literal["32", "bf16-mixed"] | None = Field(None, description="32 | bf16-mixed; default: the scale's")
     compile: bool = Field(False, description="torch.compile each layer (Block); the loop stays eager")
     deterministic: bool = Field(False, description="torch.use_deterministic_algorithms (slower on GPU)")
-    strategy: Literal["auto", "ddp", "fsdp"] = Field("auto", description="Lightning strategy")
+    strategy: Literal["auto", "ddp", "ddp_zero1", "fsdp"] = Field(
+        "auto", description="auto | ddp | ddp_zero1 (DDP + AdamW states sharded) | fsdp (FSDP2, full-state checkpoints)"
+    )
     devices: int = Field(1, gt=0, description="devices per node")
     num_nodes: int = Field(1, gt=0, description="nodes")
     log_every: int | None = Field(None, gt=0, description="steps between metrics.jsonl records")

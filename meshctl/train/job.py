@@ -114,6 +114,7 @@ def _fit(spec: RunSpec, rd: RunDir, log: logging.Logger, progress: bool) -> dict
     from meshctl.train.callbacks import LastCheckpoint, MetricsWriter, StepProgressBar
     from meshctl.train.datamodule import LMDataModule
     from meshctl.train.module import LMModule
+    from meshctl.train.sharding import lightning_strategy
 
     t = spec.train
     if not torch.cuda.is_available() and keep_freed_memory():
@@ -125,7 +126,7 @@ def _fit(spec: RunSpec, rd: RunDir, log: logging.Logger, progress: bool) -> dict
         accelerator="auto",
         devices=t.devices,
         num_nodes=t.num_nodes,
-        strategy=_strategy(t.strategy),
+        strategy=lightning_strategy(t.strategy, t.world_size),
         precision="32-true" if t.precision == "32" else t.precision,  # type: ignore[arg-type]
         max_steps=t.max_steps,  # type: ignore[arg-type]
         max_epochs=-1,
@@ -158,17 +159,6 @@ def _fit(spec: RunSpec, rd: RunDir, log: logging.Logger, progress: bool) -> dict
         rd.write_final(final)
         log.info("finished: %s", rd.final_path)
     return final
-
-
-def _strategy(name: str) -> Any:
-    if name != "fsdp":
-        return name
-    from lightning.pytorch.strategies import FSDPStrategy
-
-    from meshctl.models.block import Block
-
-    # One FSDP unit per layer; original parameters kept so weight-decay groups see real names.
-    return FSDPStrategy(auto_wrap_policy={Block}, use_orig_params=True, state_dict_type="full")
 
 
 def final_metrics(spec: RunSpec, rd: RunDir) -> dict[str, Any]:

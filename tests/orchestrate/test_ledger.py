@@ -68,3 +68,46 @@ def test_claims_expire_and_states_record_transitions(tmp_path, monkeypatch) -> N
         ledger.set_states({ids[0]: "running"})
         ledger.set_states({ids[0]: "completed"}, "final.json")
         assert [t[0] for t in ledger.transitions(ids[0])] == ["running", "completed"]
+
+
+def test_a_claim_names_its_holder_and_dies_with_it(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    from meshctl.orchestrate.claims import Owner, hostname, me, process_start
+
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        owner = Owner(hostname(), holder.pid, process_start(holder.pid), time.time())
+        with Ledger(tmp_path / "l.sqlite") as ledger:
+            ids = register(ledger, 2)
+            assert ledger.claim(ids, fresh, owner=owner) == ids
+            assert ledger.claim(ids, fresh) == []  # its holder lives
+            row = ledger.runs("demo")[0]
+            assert row.live_claim and row.holder == owner and f"pid {holder.pid} on {hostname()}" in owner.describe()
+            # the same pid with another start time is another process (pids are reused): no claim
+            impostor = Owner(hostname(), holder.pid, "other-boot:1", time.time())
+            assert not impostor.alive() and owner.alive()
+            holder.kill()
+            holder.wait()
+            assert ledger.claim(ids, fresh) == ids  # at once, not after a timeout
+            assert ledger.runs("demo")[0].holder.pid == me().pid
+    finally:
+        holder.kill()
+
+
+def test_a_claim_from_another_host_is_a_lease_renewed_while_its_holder_works(tmp_path, monkeypatch) -> None:
+    from meshctl.orchestrate import claims
+    from meshctl.orchestrate.claims import Owner
+
+    elsewhere = Owner("another-host", 4242, "boot:77", time.time())
+    with Ledger(tmp_path / "l.sqlite") as ledger:
+        ids = register(ledger, 2)
+        assert ledger.claim(ids, fresh, owner=elsewhere) == ids
+        assert ledger.claim(ids, fresh) == []  # cannot ask another host's kernel: the lease runs
+        monkeypatch.setattr(claims, "LEASE_S", 0.4)
+        with ledger.lease(elsewhere):  # renews every LEASE_S / 4
+            time.sleep(0.8)
+            assert ledger.claim(ids, fresh) == []  # renewed while it works
+        time.sleep(0.5)
+        assert ledger.claim(ids, fresh) == ids  # lapsed once renewals stopped

@@ -1,0 +1,99 @@
+"""Where results live and what each file is called: one torch-free module under everything that reads runs.
+
+    <results>/meshctl.sqlite                 the ledger (sweeps, runs, claims, submissions)
+    <results>/runs/<run id>/                 a run directory (train/rundir.py is its contract):
+        spec.json  metrics.jsonl  final.json  checkpoints/last.ckpt  logs/train.log
+        eval/<task>.json  probe/probe.json   results of `meshctl eval` / `meshctl probe`
+        failure.json  eval_failure.json  eval_job.json  cancelled.json  jobs.jsonl   the orchestrator's
+    <results>/jobs/<sweep>/                  submitit's pickles and logs of the sweep's jobs
+    <results>/jobs/<sweep>/submissions/      one record per submission, written before the scheduler
+                                             hears of it (pending/) and settled once the ledger has it
+
+Imports nothing of meshctl but its errors, so `meshctl status` and reports find paths without loading
+submission code, sweep specs or presets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from meshctl.errors import BadInput
+
+LEDGER = "meshctl.sqlite"
+RUNS, JOBS, SUBMISSIONS, PENDING = "runs", "jobs", "submissions", "pending"
+SPEC, METRICS, FINAL, CHECKPOINTS, LAST_CKPT, LOGS = (
+    "spec.json", "metrics.jsonl", "final.json", "checkpoints", "last.ckpt", "logs")
+EVAL_DIR, PROBE_DIR, PROBE = "eval", "probe", "probe.json"
+FAILURE, EVAL_FAILURE, EVAL_JOB, CANCELLED, JOB_LOG = (
+    "failure.json", "eval_failure.json", "eval_job.json", "cancelled.json", "jobs.jsonl")
+TAIL_BYTES = 64 * 1024
+
+
+def ledger_path(results_dir: str | Path) -> Path:
+    return Path(results_dir) / LEDGER
+
+
+def run_dir_of(results_dir: str | Path, run_id: str) -> Path:
+    return Path(results_dir) / RUNS / run_id
+
+
+def jobs_dir(results_dir: str | Path, name: str) -> Path:
+    return Path(results_dir) / JOBS / name
+
+
+def submissions_dir(jobs_folder: str | Path) -> Path:
+    return Path(jobs_folder) / SUBMISSIONS
+
+
+def checkpoint_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / CHECKPOINTS / LAST_CKPT
+
+
+def require_ledger(results_dir: str | Path, hint: str = "run `meshctl sweep SPEC` first or point --results-dir "
+                   "(env MESHCTL_RESULTS) at your results") -> Path:
+    """The ledger's path; BadInput (exit 2) naming the fix where there is none."""
+    path = ledger_path(results_dir)
+    if not path.exists():
+        raise BadInput(f"--results-dir: no ledger at {path}; {hint}")
+    return path
+
+
+def read_json(path: str | Path) -> dict[str, Any] | None:
+    """A JSON object file, or None where it is missing, cut short or not an object."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def tail_metrics(run_dir: str | Path) -> dict[str, Any]:
+    """The latest step's record of metrics.jsonl merged with the latest validation in the file's tail
+    (one seek: a status refresh over 1,000 runs reads 1,000 tails, not 1,000 whole files)."""
+    path = Path(run_dir) / METRICS
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - TAIL_BYTES))
+            lines = f.read().decode("utf-8", "replace").splitlines()
+    except FileNotFoundError:
+        return {}
+    latest: dict[str, Any] = {}
+    val: dict[str, Any] | None = None
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a partial first line of the tail, or a write cut by a kill
+        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+            continue
+        if record["step"] >= latest.get("step", -1):
+            latest = {**latest, **record} if record["step"] == latest.get("step") else dict(record)
+        if isinstance(record.get("val"), dict) and record["val"]:
+            val = record["val"]
+    if val is not None:
+        latest["last_val"] = val
+    return latest
