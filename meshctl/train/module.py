@@ -86,6 +86,16 @@ class LMModule(L.LightningModule):
         self.last_lr = float("nan")
         self.last_grad_norm: torch.Tensor | None = None
 
+    def configure_model(self) -> None:
+        """Under `strategy: fsdp` (Lightning's ModelParallelStrategy), shard the model with FSDP2 over the
+        data-parallel mesh (`meshctl.train.sharding`); a no-op for every other strategy."""
+        from lightning.pytorch.strategies import ModelParallelStrategy
+
+        from meshctl.train.sharding import is_sharded, shard_model
+
+        if isinstance(self.trainer.strategy, ModelParallelStrategy) and not is_sharded(self.model):
+            shard_model(self.model, self.device_mesh["data_parallel"])
+
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids)  # (batch, seq, padded_vocab)
 
@@ -107,16 +117,13 @@ class LMModule(L.LightningModule):
         gradient_clip_algorithm: str | None = None,
     ) -> None:
         max_norm = self.run_spec.train.grad_clip or float("inf")
-        wrapped = self.trainer.strategy.model
-        if hasattr(wrapped, "clip_grad_norm_"):  # FSDP: norm over all shards
-            norm = wrapped.clip_grad_norm_(max_norm)
+        grads = [p for p in self.parameters() if p.grad is not None]
+        # under FSDP2 the gradients are sharded DTensors: the norm is a DTensor reduced over the shards
+        if math.isinf(max_norm):
+            norm = torch.nn.utils.get_total_norm([p.grad for p in grads])
         else:
-            grads = [p for p in self.parameters() if p.grad is not None]
-            if math.isinf(max_norm):
-                norm = torch.nn.utils.get_total_norm([p.grad for p in grads])
-            else:
-                norm = torch.nn.utils.clip_grad_norm_(grads, max_norm)
-        self.last_grad_norm = norm.detach()
+            norm = torch.nn.utils.clip_grad_norm_(grads, max_norm)
+        self.last_grad_norm = norm.full_tensor().detach() if hasattr(norm, "full_tensor") else norm.detach()
 
     def take_train_loss(self) -> float | None:
         """Mean train loss since the last call (all ranks), then reset."""
@@ -130,7 +137,14 @@ class LMModule(L.LightningModule):
         groups = param_groups(self.model, t.weight_decay, t.decay_embeddings)
         # fused AdamW: one kernel per step on CUDA, and ~5x faster than the for-loop version on CPU at 160m
         fused = self.device.type in ("cuda", "cpu")
-        optimizer = torch.optim.AdamW(groups, lr=t.lr, betas=t.betas, eps=t.eps, fused=fused)
+        adamw = {"lr": t.lr, "betas": t.betas, "eps": t.eps, "fused": fused}
+        if t.strategy == "ddp_zero1":  # AdamW states sharded over ranks (ZeRO stage 1)
+            from torch.distributed.optim import ZeroRedundancyOptimizer
+
+            optimizer: torch.optim.Optimizer = ZeroRedundancyOptimizer(
+                groups, optimizer_class=torch.optim.AdamW, **adamw)
+        else:
+            optimizer = torch.optim.AdamW(groups, **adamw)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: lr_at(step, t.max_steps, 1.0, t.warmup, t.min_lr_ratio)  # type: ignore[arg-type]
         )
