@@ -149,7 +149,7 @@ class RunSpec(BaseModel):
 
     def resolved(self) -> RunSpec:
         """Every default filled in from the scale's recipe; BadInput names the field when one cannot be."""
-        from meshctl.train.hparams import defaults_for
+        from meshctl.train.hparams import default_strategy, defaults_for
 
         spec = self.model_spec()
         hp_values = defaults_for(spec)
@@ -219,10 +219,13 @@ class RunSpec(BaseModel):
                 for name, e in eval_sets.items()
             }
 
+        precision = pick("train", "precision", t.precision)
+        strategy = t.strategy
+        if strategy == "auto" and world > 1:  # the least sharding whose per-rank memory fits (hparams)
+            strategy = default_strategy(spec, world, micro, seq_len, precision)
         train = t.model_copy(update={
             "tokens": None, "max_steps": max_steps, "global_batch": global_batch, "global_batch_tokens": None,
-            "micro_batch": micro, "lr": pick("train", "lr", t.lr),
-            "precision": pick("train", "precision", t.precision),
+            "micro_batch": micro, "lr": pick("train", "lr", t.lr), "precision": precision, "strategy": strategy,
             **{f: pick("train", f, getattr(t, f)) for f in ("log_every", "val_every", "val_batches", "ckpt_every")},
         })
         data = self.data.model_copy(

@@ -68,7 +68,7 @@ HPARAMS: dict[str, ScaleHparams] = {
     "pythia-1b": _paper(2.5e-4, micro_batch=4),  # Pythia README says 3e-4; its config says 2.5e-4
     "pythia-1.4b": _paper(2.0e-4, micro_batch=4),
     "pythia-2.8b": _paper(1.6e-4, micro_batch=2),
-    "pythia-6.9b": _paper(1.2e-4, micro_batch=1),  # its AdamW states alone exceed 80 GB: strategy fsdp
+    "pythia-6.9b": _paper(1.2e-4, micro_batch=1),  # its AdamW states alone exceed 80 GB: default fsdp
     "tiny-64": _cpu(3.0e-3),
     "tiny-128": _cpu(2.0e-3),
     "tiny-256": _cpu(1.0e-3),
@@ -95,3 +95,25 @@ def defaults_for(spec: ModelSpec) -> dict[str, Any]:
     """Default hyperparameters for `spec`: its scale's recipe, or only GENERIC when it matches no scale."""
     scale = scale_of(spec)
     return HPARAMS[scale].as_dict() if scale is not None else dict(GENERIC)
+
+
+# Multi-device default: the least sharding that fits. The paper trained with ZeRO stage 0 (plain DDP);
+# meshctl.train.memory's per-rank estimate decides when that stops fitting an 80 GB GPU with 15% left for
+# the allocator, the CUDA context and temporaries. At 16 ranks and the recipe's micro-batches, seq 4096:
+# ddp up to 1.4B (50.5 GB), ddp_zero1 at 2.8B (71.8 -> 52.4 GB), fsdp at 6.9B (143.8 -> 95.9 -> 27.8 GB).
+GPU_MEMORY = 80 * 2**30
+USABLE = 0.85
+BY_SHARDING = ("ddp", "ddp_zero1", "fsdp")
+
+
+def default_strategy(spec: ModelSpec, world_size: int, micro_batch: int, seq_len: int, precision: str) -> str:
+    """`train.strategy` for a multi-device run left at `auto`: the first of ddp, ddp_zero1, fsdp whose
+    estimated per-rank memory fits the budget (fsdp when none does)."""
+    from meshctl.train.memory import per_gpu_memory
+
+    for name in BY_SHARDING:
+        estimate = per_gpu_memory(spec, strategy=name, world_size=world_size, micro_batch=micro_batch,
+                                  seq_len=seq_len, precision=precision)
+        if estimate.total <= USABLE * GPU_MEMORY:
+            return name
+    return BY_SHARDING[-1]
