@@ -112,8 +112,11 @@ class Attention(nn.Module):
         q, k, v = qkv.transpose(1, 2).split(self.head_size, dim=-1)  # (batch, heads, seq, head_size) views
         if cache is not None:
             k, v = cache.update(k, v, layer_idx)  # (batch, heads, past + seq, head_size)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and t > 1)
-        return self.dense(y.transpose(1, 2).reshape(b, t, d))  # y: (batch, heads, seq, head_size)
+        if mask is None and t > 1:  # a branch, not is_causal=<expr>: compiled with dynamic shapes, t is symbolic
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (batch, heads, seq, head_size)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.dense(y.transpose(1, 2).reshape(b, t, d))
 
 
 class MLP(nn.Module):

@@ -141,3 +141,22 @@ def test_sampling_reaches_every_tokenizer_id_above_the_base_vocabulary(use_cache
     assert generate(model, [[5, 6]], 2, **kw) == [[50290] * 2]  # default: every embedding row
     with pytest.raises(ValueError, match="exceeds the model's embedding of 50304 rows"):
         generate(model, [[5]], 1, vocab_size=50305, **kw)
+
+
+
+def test_blocks_with_cache_arguments_still_compile_fullgraph() -> None:
+    """Training compiles each Block with fullgraph (a graph break raises): the cache, mask and layer-index
+    arguments must not break it, also after the recompile with dynamic shapes a second length makes."""
+    from meshctl.models.block import Block
+
+    model = make("mesh")
+    batches = [torch.randint(0, 300, (2, n), generator=torch.Generator().manual_seed(n)) for n in (16, 24, 9)]
+    with torch.no_grad():
+        expected = [model(ids) for ids in batches]
+    torch._dynamo.reset()
+    for block in (m for m in model.modules() if isinstance(m, Block)):
+        block.compile(fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        for ids, logits in zip(batches, expected):
+            torch.testing.assert_close(model(ids), logits, atol=1e-5, rtol=1e-5)
+    torch._dynamo.reset()
