@@ -1,7 +1,8 @@
 """Content hashes: a run id is derived from the canonical resolved run spec, never chosen by hand.
 
 Excluded from a run's identity: where things live and what carries them (results/run directories, the
-executor and its resources, devices, nodes, parallel strategy, data workers) — moving a study, switching
+executor and its resources, devices, nodes, parallel strategy, data workers) and who watches it (the
+trackers in train.loggers, the planning sweep's name) — moving a study, switching
 local -> SLURM or changing the GPU count must not re-run it. The data directory enters by
 its final component only (`data/pile-deduped` and `/scratch/x/pile-deduped` are the same dataset), so two
 studies on different datasets never share run ids.
@@ -37,10 +38,11 @@ def identity(run_spec: dict[str, Any]) -> dict[str, Any]:
         for eval_set in (data.get("eval_sets") or {}).values():
             if isinstance(eval_set, dict) and eval_set.get("path"):
                 eval_set["path"] = PurePath(str(eval_set["path"])).name
-    for key in ("run_dir", "results_dir", "executor", "resources"):
+    for key in ("run_dir", "results_dir", "executor", "resources", "sweep"):
         ident.pop(key, None)
-    # how many devices and which parallel strategy carry a run is the cluster's shape, not the experiment
-    for section, keys in (("train", ("devices", "num_nodes", "strategy")), ("data", ("num_workers",))):
+    # how many devices and which parallel strategy carry a run is the cluster's shape, not the experiment;
+    # the trackers that watch it and the sweep that planned it (its W&B group) are not either
+    for section, keys in (("train", ("devices", "num_nodes", "strategy", "loggers")), ("data", ("num_workers",))):
         for key in keys:
             (ident.get(section) or {}).pop(key, None)
     return ident

@@ -81,11 +81,24 @@ class TrainSpec(BaseModel):
     val_every: int | None = Field(None, gt=0, description="steps between validations (and at the end)")
     val_batches: int | None = Field(None, gt=0, description="micro-batches per eval set per validation")
     ckpt_every: int | None = Field(None, gt=0, description="steps between checkpoints (and at the end)")
+    loggers: tuple[Literal["tensorboard", "wandb", "csv"], ...] = Field(
+        (),
+        description="experiment trackers fed metrics.jsonl's scalars, under the run directory (meshctl.train.loggers); "
+        "tensorboard and wandb need `pip install 'meshctl[tracking]'`; not part of the run id",
+    )
 
     @field_validator("precision", mode="before")
     @classmethod
     def _precision_str(cls, value: Any) -> Any:
         return str(value) if isinstance(value, int) else value
+
+    @field_validator("loggers")
+    @classmethod
+    def _loggers_once(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        repeated = sorted({name for name in value if value.count(name) > 1})
+        if repeated:
+            raise ValueError(f"{', '.join(repeated)} listed more than once; name each logger once")
+        return value
 
     @property
     def world_size(self) -> int:
@@ -108,6 +121,9 @@ class RunSpec(BaseModel):
     data: DataSpec = Field(..., description="training data and eval sets")
     train: TrainSpec = Field(default_factory=TrainSpec, description="optimiser, schedule, batch, precision, devices")
     seed: int = Field(1234, ge=0, description="seed for init and data order (Pythia used 1234)")
+    sweep: str | None = Field(
+        None, description="the sweep that planned this run (set by `meshctl sweep`; the W&B group); not part of the run id"
+    )
 
     @field_validator("model", mode="before")
     @classmethod
@@ -151,6 +167,7 @@ class RunSpec(BaseModel):
         """Every default filled in from the scale's recipe; BadInput names the field when one cannot be."""
         from meshctl.train.hparams import default_strategy, defaults_for
 
+        _check_trackers_installed(self.train.loggers)
         spec = self.model_spec()
         hp_values = defaults_for(spec)
 
@@ -246,6 +263,19 @@ class RunSpec(BaseModel):
     @property
     def tokens_per_step(self) -> int:
         return self.train.global_batch * self.data.seq_len  # type: ignore[operator]
+
+
+# Optional packages behind `train.loggers` (csv is Lightning's own); checked without importing them.
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
+
+
+def _check_trackers_installed(loggers: tuple[str, ...]) -> None:
+    from importlib.util import find_spec
+
+    missing = [name for name in loggers if name in TRACKER_PACKAGES and find_spec(TRACKER_PACKAGES[name]) is None]
+    if missing:
+        raise BadInput(f"train.loggers: {', '.join(missing)} is not installed; pip install 'meshctl[tracking]' "
+                       f"or remove it from train.loggers")
 
 
 def validation_message(exc: ValidationError, source: str | None = None) -> str:

@@ -231,7 +231,8 @@ def expand(sweep: SweepSpec, source: str = "sweep") -> list[PlannedRun]:
         for where, model, variant_train, labels in cells:
             for seed in sweep.seeds:
                 raw_train = _merge(sweep.train, group.train, variant_train)
-                raw = {"model": model, "data": sweep.data, "train": raw_train, "seed": seed}
+                # `sweep` names the W&B group of the run's trackers; it is not part of the run id
+                raw = {"model": model, "data": sweep.data, "train": raw_train, "seed": seed, "sweep": sweep.name}
                 try:
                     spec = RunSpec.model_validate(raw).resolved()
                 except ValidationError as exc:

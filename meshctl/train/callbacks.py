@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
@@ -74,9 +75,11 @@ class MetricsWriter(_StepBoundary):
     It runs before LastCheckpoint at each step, so a checkpoint's step always has its record: a run
     resumed from its final checkpoint finds its final validation already in metrics.jsonl."""
 
-    def __init__(self, spec: RunSpec, run_dir: RunDir, log: logging.Logger) -> None:
+    def __init__(self, spec: RunSpec, run_dir: RunDir, log: logging.Logger,
+                 on_record: Callable[[dict[str, Any]], None] | None = None) -> None:
         super().__init__()
         self.spec, self.run_dir, self.textlog = spec, run_dir, log
+        self.on_record = on_record  # rank zero's records, after metrics.jsonl has them (the trackers' feed)
         self.flops_per_token = flops_per_token(spec.model_spec(), spec.data.seq_len, "palm")
         self.peak: float | None = None
         self.eval_loaders: dict[str, Any] = {}
@@ -134,6 +137,8 @@ class MetricsWriter(_StepBoundary):
         if trainer.is_global_zero:
             self.run_dir.append_metrics(record)
             self.textlog.info(format_record(record, self.spec.train.max_steps))  # type: ignore[arg-type]
+            if self.on_record is not None:
+                self.on_record(record)
 
 
 class LastCheckpoint(_StepBoundary):

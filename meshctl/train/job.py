@@ -119,7 +119,11 @@ def _fit(spec: RunSpec, rd: RunDir, log: logging.Logger, progress: bool) -> dict
     t = spec.train
     if not torch.cuda.is_available() and keep_freed_memory():
         log.debug("CPU training: glibc malloc keeps freed memory (no per-step page faults)")
-    callbacks: list[Any] = [MetricsWriter(spec, rd, log), LastCheckpoint(spec, rd, log)]
+    checkpoint = LastCheckpoint(spec, rd, log)
+    loggers, feed = _trackers(spec, rd, checkpoint)
+    callbacks: list[Any] = [MetricsWriter(spec, rd, log, feed.add if feed else None), checkpoint]
+    if feed is not None:
+        callbacks.append(feed)  # after LastCheckpoint: it sends what the checkpoint just covered
     if progress:
         callbacks.append(StepProgressBar())
     trainer = L.Trainer(
@@ -133,7 +137,7 @@ def _fit(spec: RunSpec, rd: RunDir, log: logging.Logger, progress: bool) -> dict
         accumulate_grad_batches=t.accumulate,
         limit_val_batches=0,  # validation is the MetricsWriter's, on step counts
         num_sanity_val_steps=0,
-        logger=False,
+        logger=loggers or False,
         enable_checkpointing=False,  # LastCheckpoint writes atomically
         enable_progress_bar=progress,
         enable_model_summary=False,  # its FLOPs line reads 0 here; final.json has counts and FLOPs
@@ -159,6 +163,16 @@ def _fit(spec: RunSpec, rd: RunDir, log: logging.Logger, progress: bool) -> dict
         rd.write_final(final)
         log.info("finished: %s", rd.final_path)
     return final
+
+
+def _trackers(spec: RunSpec, rd: RunDir, checkpoint: Any) -> tuple[list[Any], Any]:
+    """The loggers of `train.loggers` and the callback that feeds them (none without loggers)."""
+    if not spec.train.loggers:
+        return [], None
+    from meshctl.train.loggers import TrackerFeed, build_loggers
+
+    loggers = build_loggers(spec, rd)
+    return loggers, TrackerFeed(spec, rd, loggers, checkpoint)
 
 
 def final_metrics(spec: RunSpec, rd: RunDir) -> dict[str, Any]:

@@ -5,6 +5,8 @@
     checkpoints/last.ckpt  every `ckpt_every` steps and at the end, replaced atomically
     final.json             written last and atomically: its presence means the run completed
     logs/                  train.log (structured lines) and anything the executor adds
+    tensorboard/ wandb/ csv/   the trackers named in train.loggers (meshctl.train.loggers)
+    wandb_id               the W&B run id every attempt of this run (resume, requeue) logs to
 
 A metrics line has `step` and `tokens` and some of: `train_loss` (mean since the previous line),
 `lr`, `grad_norm`, `tokens_per_s`, `mfu` (null on CPU or an unknown GPU), `elapsed_s`, and
@@ -25,6 +27,7 @@ from meshctl.errors import BadInput
 
 SPEC, METRICS, FINAL, CHECKPOINTS, LOGS = "spec.json", "metrics.jsonl", "final.json", "checkpoints", "logs"
 LAST_CKPT = "last.ckpt"
+WANDB_ID = "wandb_id"
 
 
 def write_json_atomic(path: Path, document: Any) -> None:
@@ -65,6 +68,22 @@ class RunDir:
     @property
     def logs(self) -> Path:
         return self.path / LOGS
+
+    def wandb_id(self, new_id: str) -> str:
+        """The W&B run id of this directory: `new_id` if none is kept yet, else the kept one. Written
+        complete and linked into place (link fails if the file exists), so ranks or a racing requeue that
+        call this at once all get the same id."""
+        path = self.path / WANDB_ID
+        if not path.exists():
+            tmp = path.with_name(f".{WANDB_ID}.tmp-{new_id}")
+            tmp.write_text(new_id + "\n", encoding="utf-8")
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink()
+        return path.read_text(encoding="utf-8").strip()
 
     def check_spec(self, spec: Any) -> bool:
         """True if the directory already holds this (resolved) spec, False if it holds none; BadInput if it
