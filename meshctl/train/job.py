@@ -30,6 +30,8 @@ _NOISY_WARNINGS = (
     ".*The `srun` command is available on your system but is not used.*",
     # StepSampler resumes mid-epoch from the step count; Lightning cannot see that and warns
     ".*resuming from a checkpoint that ended before the epoch ended.*",
+    # with train.loggers: Lightning's own per-step logging is unused (meshctl.train.loggers feeds them)
+    ".*is smaller than the logging interval.*",
 )
 
 

@@ -261,3 +261,24 @@ def test_sweep_names_the_group_and_loggers_keep_run_ids(prepared_demo):
     assert {p.spec.sweep for p in tracked} == {"tracked"}
     assert all(p.spec.train.loggers == ("tensorboard", "wandb") for p in tracked)
     assert all(p.spec.short_hash() == p.run_id for p in tracked)
+
+
+@pytest.mark.slow
+def test_only_rank_zero_logs_under_ddp(small_spec, tmp_path, wandb_offline):
+    spec = small_spec(max_steps=8, global_batch=8, micro_batch=2, log_every=2, val_every=4, ckpt_every=4,
+                      strategy="ddp", devices=2)
+    spec["train"]["loggers"] = ["tensorboard", "wandb", "csv"]
+    spec_path = tmp_path / "ddp.yaml"
+    spec_path.write_text(yaml.safe_dump(spec))
+    run = tmp_path / "ddp"
+    out, err = _train_cli(spec_path, run).communicate(timeout=300)
+    assert json.loads(out)["final"]["step"] == 8, err[-2000:]
+    expected = expected_scalars(run)
+    assert sorted(expected["train_loss"]) == [2, 4, 6, 8]
+    assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    assert max(tensorboard_writes(run / "tensorboard").values()) == 1
+    ((_, history),) = wandb_attempts(run)  # one W&B run, from one rank
+    assert list(history) == [2, 4, 6, 8]
+    steps, table = csv_curves(run)
+    assert steps == [2, 4, 6, 8]
+    assert_same_curves(table, expected, rel=1e-12)
