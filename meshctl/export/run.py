@@ -72,6 +72,8 @@ def export_run(ref: str, out: str | Path, *, results_dir: str | Path, force: boo
     out = Path(out)
     run_dir = resolve_run(ref, results_dir)
     check_out(out, force)
+    if out.resolve() == run_dir.resolve() or out.resolve() in run_dir.resolve().parents:
+        raise BadInput(f"--out {out}: holds the run being exported ({run_dir}); give a directory outside it")
     if push is not None:
         check_repo(push)
     loaded = load_run(run_dir)

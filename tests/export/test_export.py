@@ -215,6 +215,10 @@ def test_export_refuses_bad_input_and_replaces_only_with_force(trained, exported
     for bad, message in (("no-slash", "--push 'no-slash'"), ("a/b/c", "--push 'a/b/c'")):
         result = cli("export", run, "--out", str(tmp_path / "new"), "--push", bad, "--results-dir", str(export_root))
         assert result.exit_code == 2 and message in result.stderr, result.stderr
+    for inside in (trained("mesh"), export_root):  # --force must never remove the run it exports
+        result = cli("export", run, "--out", str(inside), "--force", "--results-dir", str(export_root))
+        assert result.exit_code == 2 and "holds the run being exported" in result.stderr, result.stderr
+    assert (trained("mesh") / "checkpoints" / "last.ckpt").is_file()
     missing = cli("export", "nope", "--out", str(tmp_path / "new"), "--results-dir", str(export_root))
     assert missing.exit_code == 2 and "run 'nope'" in missing.stderr
     assert not (tmp_path / "new").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".new")]
