@@ -82,12 +82,15 @@ def generate(model: nn.Module, prompts: Sequence[Sequence[int]], max_new_tokens:
     for row, n in enumerate(pad):
         valid[row, :n] = False
     mask = valid if any(pad) else None
+    # each row's token positions (rotary), counted from its first real token; made once, not per step
+    positions = (valid.long().cumsum(-1) - 1).clamp(min=0) if mask is not None else None
     cache = KVCache(model.layer_applications(n_loop), longest + max_new_tokens)
 
     def step(new: torch.Tensor) -> torch.Tensor:
-        seen = cache.get_seq_length() + new.shape[1]
-        logits = model(new, cache=cache, attention_mask=None if mask is None else mask[:, :seen], **loop_kw)
-        return logits[:, -1, :vocab]
+        past = cache.get_seq_length()
+        seen = past + new.shape[1]
+        padding = {} if mask is None else {"attention_mask": mask[:, :seen], "position_ids": positions[:, past:seen]}
+        return model(new, cache=cache, **padding, **loop_kw)[:, -1, :vocab]
 
     logits = step(ids)
     outputs: list[list[int]] = [[] for _ in prompts]
