@@ -65,7 +65,8 @@ tags: [{", ".join(tags)}]
 
 # meshctl run {run_id}
 
-Trained with [meshctl](https://arxiv.org/abs/2510.07739) (spec hash `{spec.short_hash()}`, seed {spec.seed}).
+Trained with meshctl, scaling studies of recursive transformers and MeSH ([arXiv 2510.07739](https://arxiv.org/abs/2510.07739));
+spec hash `{spec.short_hash()}`, seed {spec.seed}.
 
 | | |
 |---|---|

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from tests.analysis.conftest import kjv_data, one_thread  # noqa: F401  (fixtures: offline HF env, one thread)
 
 FAMILIES = {
-    "vanilla": {"n_layer": 4},
+    "vanilla": {"n_layer": 4, "vocab_size": 2100},  # 2,112 embedding rows for the 2,048 token ids
     "recursive": {"family": "recursive", "structure": "1+1R2+1", "recurrence": "residual"},
     "mesh": {"family": "recursive", "structure": "1+1R2+1", "recurrence": "mesh"},
     "vanilla_mesh": {"family": "vanilla_mesh", "structure": "1+1+1+1", "recurrence": "mesh"},

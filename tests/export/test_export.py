@@ -165,6 +165,7 @@ def test_the_modeling_code_needs_torch_and_transformers_only(trained, exported, 
 def test_vanilla_exports_as_gpt_neox_with_tokenizer_and_card(trained, exported) -> None:
     from transformers import GPTNeoXForCausalLM
 
+    from meshctl.analysis.generation import generate
     from meshctl.models import count_params
     from meshctl.train.rundir import read_final
 
@@ -179,6 +180,18 @@ def test_vanilla_exports_as_gpt_neox_with_tokenizer_and_card(trained, exported) 
     tokenizer = AutoTokenizer.from_pretrained(path)
     assert tokenizer.encode(TEXT, add_special_tokens=False) == ids[0].tolist()
     assert tokenizer.eos_token_id == loaded.eod_token_id == model.generation_config.eos_token_id
+    vocab = loaded.tokenizer.get_vocab_size(with_added_tokens=True)
+    assert model.generation_config.suppress_tokens == list(range(vocab, 2112)) and vocab == 2048
+    prompt = ids[:, :6]
+    with torch.no_grad():  # padding row 2100 made to outscore the greedy token: generate() must not emit it
+        top = int(loaded.model(prompt)[0, -1, :vocab].argmax())
+        for head in (model.get_output_embeddings(), loaded.model.embed_out):
+            head.weight[2100] = 5 * head.weight[top]
+    assert 2100 in generate(loaded.model, [prompt[0].tolist()], 8)[0]  # unrestricted, meshctl would emit it too
+    new = model.generate(prompt, max_new_tokens=8, do_sample=False)[0, 6:].tolist()
+    eod = loaded.eod_token_id
+    assert until_eos(new, eod) == generate(loaded.model, [prompt[0].tolist()], 8, stop_ids=[eod], vocab_size=vocab)[0]
+    assert all(t < vocab for t in new)
     card = (path / "README.md").read_text()
     final = read_final(trained("vanilla"))
     counts = count_params(loaded.model.spec)
