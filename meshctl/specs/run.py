@@ -122,7 +122,8 @@ class RunSpec(BaseModel):
     train: TrainSpec = Field(default_factory=TrainSpec, description="optimiser, schedule, batch, precision, devices")
     seed: int = Field(1234, ge=0, description="seed for init and data order (Pythia used 1234)")
     sweep: str | None = Field(
-        None, description="the sweep that planned this run (set by `meshctl sweep`; the W&B group); not part of the run id"
+        None, description="the sweep that planned this run (set by `meshctl sweep`; the W&B group); "
+        "not part of the run id",
     )
 
     @field_validator("model", mode="before")

@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -132,7 +131,8 @@ def test_trackers_hold_the_metrics_and_the_spec(small_spec, tmp_path, wandb_offl
     run_training(spec, run)
     resolved = RunSpec.model_validate_json((run / "spec.json").read_text())
     expected = expected_scalars(run)
-    assert sorted(expected["train_loss"]) == list(range(2, 13, 2)) and sorted(expected["val/validation/loss"]) == [6, 12]
+    assert sorted(expected["train_loss"]) == list(range(2, 13, 2))
+    assert sorted(expected["val/validation/loss"]) == [6, 12]
 
     tb, acc = tensorboard_curves(run / "tensorboard")
     assert_same_curves(tb, expected, rel=1e-6)  # event files store float32
