@@ -178,6 +178,24 @@ def make_executor(
     raise BadInput(f"executor: unknown kind {kind!r}; use local or slurm")
 
 
+def restore_pickle(folder: str | Path, job_id: str, job: object, resources: Resources) -> bool:
+    """Write a job's submitted pickle where submitit would have moved it after starting the job (sbatch,
+    or a local controller): a submitter killed in between leaves the job waiting for it (a local
+    controller gives up after 60 s; a held SLURM task would fail once released). True if it was missing."""
+    import submitit
+    from submitit.core.utils import JobPaths
+
+    path = JobPaths(folder, job_id=job_id).submitted_pickle
+    if path.exists():
+        return False
+    delayed = submitit.helpers.DelayedSubmission(job)
+    delayed.set_timeout(resources.timeout_min, resources.max_num_timeout)
+    tmp = path.with_name(f".{path.name}.tmp")
+    delayed.dump(tmp)
+    tmp.replace(path)  # the waiting job never reads half a pickle
+    return True
+
+
 def _thread_setup(cpus_per_task: int) -> list[str]:
     """Each task's intra-op threads = its CPUs: torch's default (all cores) oversubscribes a node
     shared by several jobs, which on 2 cores made steps ~20x slower in our measurements."""

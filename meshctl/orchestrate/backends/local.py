@@ -51,9 +51,22 @@ class LocalBackend:
         pass  # a lane starts at once: its tag in /proc is its record
 
     def adopt(self, records: list[SubmissionRecord], spec_of: Callable[[str], str]) -> dict[str, list[Submission]]:
-        lanes = tagged_processes({r.token for r in records})  # one pass over /proc for all
-        return {r.token: [Submission(run_id, self.kind, str(lanes[r.token]), None, r.folder, r.at) for run_id in r.runs]
-                for r in records if r.token in lanes}
+        """Lanes found in /proc by their tag (one pass for all records); a lane whose submitter died before
+        submitit moved its pickle into place waits for it (60 s): it is written here."""
+        from meshctl.layout import run_dir_of
+        from meshctl.orchestrate.executors import Resources, restore_pickle
+        from meshctl.orchestrate.jobs import RunQueue
+
+        lanes = tagged_processes({r.token for r in records})
+        out = {}
+        for r in records:
+            if r.token not in lanes:
+                continue
+            results_dir = Path(r.folder).parent.parent
+            items = [(spec_of(run_id), str(run_dir_of(results_dir, run_id))) for run_id in r.runs]
+            restore_pickle(r.folder, str(lanes[r.token]), RunQueue(items, r.evaluation), Resources.model_validate(r.resources))
+            out[r.token] = [Submission(run_id, self.kind, str(lanes[r.token]), None, r.folder, r.at) for run_id in r.runs]
+        return out
 
     def states(self, submissions: list[Submission]) -> dict[str, str]:
         """A lane's controller alive: RUNNING; gone: its result pickle says how it ended (none: killed)."""

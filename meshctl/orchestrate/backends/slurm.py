@@ -147,17 +147,12 @@ def _squeue_by_name(names: list[str]) -> dict[str, dict[int, str]]:
 
 
 def _restore_pickles(record: SubmissionRecord, subs: list[Submission], spec_of: Callable[[str], str]) -> None:
-    """submitit moves each task's pickle into place after sbatch returns; a kill in between leaves a held
-    task without one. Write it as submitit would have (same callable, same timeout countdown)."""
-    import submitit
-    from submitit.core.utils import JobPaths
-
+    """submitit moves each task's pickle into place after sbatch returns: a kill in between leaves a
+    held task without one."""
+    from meshctl.orchestrate.executors import Resources, restore_pickle
     from meshctl.orchestrate.jobs import TrainingJob
 
+    resources = Resources.model_validate(record.resources)
     for sub in subs:
-        path = JobPaths(record.folder, job_id=sub.job_id).submitted_pickle
-        if path.exists():
-            continue
-        delayed = submitit.helpers.DelayedSubmission(TrainingJob(spec_of(sub.run_id), str(run_dir_of_sub(record, sub))))
-        delayed.set_timeout(int(record.resources.get("timeout_min", 5)), int(record.resources.get("max_num_timeout", 3)))
-        delayed.dump(path)
+        restore_pickle(record.folder, sub.job_id, TrainingJob(spec_of(sub.run_id), str(run_dir_of_sub(record, sub))),
+                       resources)
