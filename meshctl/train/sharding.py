@@ -9,8 +9,8 @@ the recurrence's routers (which the model reads as `.weight` without calling the
 gathered with the root anyway). The root is gathered once at the start of the forward, kept through it
 (FSDP2 never reshards the root after forward) and reduce-scattered once, from the root's post-backward
 callback, after autograd has summed every loop's gradient into it: one gather and one reduce-scatter per
-step whatever the loop count. Every layer that runs once per forward (vanilla layers, prelude, coda, vanilla_mesh's distinct
-cores) is its own unit, resharded after forward as usual. The price: the core stays unsharded from the
+step whatever the loop count. Every layer that runs once per forward (vanilla layers, prelude, coda,
+vanilla_mesh's distinct cores) is its own unit, resharded after forward as usual. The price: the core stays unsharded from the
 first layer's forward to the end of backward, which a one-gather schedule needs in any case.
 
 Lightning: its `fsdp` strategy (FSDP1) refuses a CPU accelerator; `ModelParallelStrategy` runs FSDP2 on

@@ -155,15 +155,17 @@ def _kill_after_step(proc: subprocess.Popen, metrics: Path, step: int) -> None:
 
 
 @pytest.mark.slow
-def test_fsdp_training_matches_one_process_resumes_exactly_and_evaluates_on_one(small_spec, tmp_path):
+def test_fsdp_and_zero1_training_match_one_process_fsdp_resumes_exactly_and_evaluates_on_one(small_spec, tmp_path):
     """`meshctl train` with strategy fsdp on 2 CPU processes: 16 steps of the tiny MeSH model, each step's
     loss as one process's (rel 1e-5); killed after its step-8 checkpoint and resumed, the same trajectory
-    as the uninterrupted FSDP run; its last.ckpt evaluates with `meshctl eval` on one process."""
+    as the uninterrupted FSDP run; its last.ckpt evaluates with `meshctl eval` on one process. ddp_zero1
+    on 2 processes: the same losses, its sharded optimizer states whole in the checkpoint."""
     from meshctl.analysis.loading import load_run
     from meshctl.cli.app import app
 
     runs = {}
-    for name, extra in (("one", {}), ("fsdp", {"strategy": "fsdp", "devices": 2})):
+    for name, extra in (("one", {}), ("fsdp", {"strategy": "fsdp", "devices": 2}),
+                        ("zero1", {"strategy": "ddp_zero1", "devices": 2})):
         spec = small_spec("tiny-64-1+1R2+1-mesh", max_steps=16, global_batch=8, micro_batch=2, log_every=1,
                           val_every=8, val_batches=2, ckpt_every=8, **extra)
         (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(spec))
@@ -173,18 +175,25 @@ def test_fsdp_training_matches_one_process_resumes_exactly_and_evaluates_on_one(
     assert (tmp_path / "killed" / "checkpoints" / "last.ckpt").exists()
     assert not (tmp_path / "killed" / "final.json").exists()
     runs["one"] = _finish(one)
-    runs["fsdp"] = _finish(_train(tmp_path / "fsdp.yaml", tmp_path / "fsdp"))
+    fsdp, zero1 = _train(tmp_path / "fsdp.yaml", tmp_path / "fsdp"), _train(tmp_path / "zero1.yaml", tmp_path / "zero1")
+    runs["fsdp"], runs["zero1"] = _finish(fsdp), _finish(zero1)
     resumed = _train(tmp_path / "fsdp.yaml", tmp_path / "killed")
     runs["resumed"] = _finish(resumed)
 
     records = {name: read_metrics(tmp_path / ("killed" if name == "resumed" else name)) for name in runs}
-    assert [r["step"] for r in records["fsdp"]] == list(range(1, 17))
-    for a, b, c in zip(records["one"], records["fsdp"], records["resumed"]):
+    assert [r["step"] for r in records["fsdp"]] == [r["step"] for r in records["zero1"]] == list(range(1, 17))
+    for a, b, c, z in zip(records["one"], records["fsdp"], records["resumed"], records["zero1"]):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5), a["step"]
+        assert z["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5), a["step"]
         assert c["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6, abs=0), a["step"]
         assert b["lr"] == a["lr"] == c["lr"]
     assert runs["fsdp"]["val_loss"] == pytest.approx(runs["one"]["val_loss"], rel=1e-5)
     assert runs["resumed"]["val_loss"] == pytest.approx(runs["fsdp"]["val_loss"], rel=1e-6)
+
+    # ZeRO-1's sharded AdamW states are consolidated into the checkpoint: one entry per weight
+    zero_ckpt = torch.load(tmp_path / "zero1" / "checkpoints" / "last.ckpt", weights_only=False)
+    n_weights = sum(1 for p in load_run(tmp_path / "zero1").model.parameters() if p.requires_grad)
+    assert len(zero_ckpt["optimizer_states"][0]["state"]) == n_weights
 
     # the checkpoint is a full state dict: one process loads it with the unsharded model's names
     loaded, single = load_run(tmp_path / "fsdp"), load_run(tmp_path / "one")
