@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -72,22 +73,57 @@ def read_json(path: str | Path) -> dict[str, Any] | None:
 
 def tail_metrics(run_dir: str | Path) -> dict[str, Any]:
     """The latest step's record of metrics.jsonl merged with the latest validation in the file's tail
-    (one seek: a status refresh over 1,000 runs reads 1,000 tails, not 1,000 whole files)."""
+    (one seek: a status refresh over 1,000 runs reads 1,000 tails, not 1,000 whole files). Only the lines
+    that matter are parsed: the steps are found by a regex over the tail, then the line(s) of the
+    highest step and the last line with a validation are read as JSON."""
     path = Path(run_dir) / METRICS
     try:
         with open(path, "rb") as f:
             size = f.seek(0, os.SEEK_END)
             f.seek(max(0, size - TAIL_BYTES))
-            lines = f.read().decode("utf-8", "replace").splitlines()
+            data = f.read()
     except FileNotFoundError:
         return {}
+    steps = _STEP.findall(data)
+    if not steps:
+        return {}
+    top = max(map(int, steps))
+    latest: dict[str, Any] = {}
+    for m in re.finditer(rb'"step":\s*%d\b' % top, data):
+        if isinstance(record := _line_at(data, m.start()), dict) and record.get("step") == top:
+            latest.update(record)  # a step logged twice (train and validation lines, a requeue): later wins
+    if not latest:  # the top step's only line was cut (a kill mid-write): the slow, careful way
+        return _parse_all(data.decode("utf-8", "replace").splitlines())
+    end = len(data)
+    while (at := data.rfind(b'"val"', 0, end)) >= 0:
+        record = _line_at(data, at)
+        if isinstance(record, dict) and isinstance(record.get("val"), dict) and record["val"]:
+            latest["last_val"] = record["val"]
+            break
+        end = max(0, data.rfind(b"\n", 0, at))  # go on before this line
+    return latest
+
+
+_STEP = re.compile(rb'"step":\s*(\d+)')
+
+
+def _line_at(data: bytes, at: int) -> Any:
+    start = data.rfind(b"\n", 0, at) + 1
+    end = data.find(b"\n", at)
+    try:
+        return json.loads(data[start:end if end >= 0 else len(data)])
+    except ValueError:
+        return None  # a partial first line of the tail, or a write cut by a kill
+
+
+def _parse_all(lines: list[str]) -> dict[str, Any]:
     latest: dict[str, Any] = {}
     val: dict[str, Any] | None = None
     for line in lines:
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
-            continue  # a partial first line of the tail, or a write cut by a kill
+            continue
         if not isinstance(record, dict) or not isinstance(record.get("step"), int):
             continue
         if record["step"] >= latest.get("step", -1):

@@ -69,13 +69,10 @@ def read_csv(path: str | Path) -> "pd.DataFrame":
 
 def resolve_sweep(results_dir: str | Path, sweep: str | None) -> str:
     """The sweep to report: the one named, or the most recently updated; BadInput names the fix."""
+    from meshctl.layout import require_ledger
     from meshctl.orchestrate.ledger import Ledger
-    from meshctl.orchestrate.submit import ledger_path
 
-    path = ledger_path(results_dir)
-    if not path.exists():
-        raise BadInput(f"--results-dir: no ledger at {path}; run `meshctl sweep SPEC` first or point --results-dir "
-                       "(env MESHCTL_RESULTS) at your results")
+    path = require_ledger(results_dir)
     with Ledger(path) as ledger:
         known = ledger.sweeps()
     if sweep is None:
@@ -307,8 +304,8 @@ def collect(results_dir: str | Path, sweep: str | None = None) -> "pd.DataFrame"
     import pandas as pd
 
     from meshctl.orchestrate.ledger import Ledger
+    from meshctl.layout import ledger_path
     from meshctl.orchestrate.status import observe
-    from meshctl.orchestrate.submit import ledger_path
 
     name = resolve_sweep(results_dir, sweep)
     with Ledger(ledger_path(results_dir)) as ledger:

@@ -16,14 +16,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from meshctl.errors import BadInput
+from meshctl.layout import LEDGER, RUNS  # noqa: F401  (where results live: meshctl/layout.py)
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
     from torch import nn
 
     from meshctl.specs.run import RunSpec
-
-RUNS, LEDGER = "runs", "meshctl.sqlite"
 
 
 @dataclass(frozen=True)

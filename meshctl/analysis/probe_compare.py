@@ -35,10 +35,10 @@ class Pair:
 
 def sweep_rows(sweep: str, results_dir: str | Path) -> list[Any]:
     """The sweep's ledger rows (run dir and labels), in sweep order."""
-    from meshctl.analysis.loading import LEDGER
+    from meshctl.layout import ledger_path
     from meshctl.orchestrate.ledger import Ledger
 
-    path = Path(results_dir) / LEDGER
+    path = ledger_path(results_dir)
     if not path.is_file():
         raise BadInput(f"{sweep!r} is neither a run (path, id or id prefix) nor a sweep: no ledger at {path}")
     with Ledger(path) as ledger:

@@ -98,8 +98,8 @@ def provenance(sweep: str, raw_spec: dict[str, Any] | None) -> dict[str, Any]:
 
 def build_report(results_dir: str | Path, sweep: str | None = None) -> Report:
     from meshctl.analysis.collect import collect, resolve_sweep
+    from meshctl.layout import ledger_path
     from meshctl.orchestrate.ledger import Ledger
-    from meshctl.orchestrate.submit import ledger_path
 
     name = resolve_sweep(results_dir, sweep)
     frame = collect(results_dir, name)

@@ -14,9 +14,9 @@ from meshctl.cli.common import Format, FormatOpt, ResultsDir, console, print_jso
 DEFAULT_RESULTS = Path("results")
 
 
-from meshctl.specs.executor import EXECUTOR_KINDS
+from meshctl.executor_kinds import EXECUTOR_KINDS
 
-# the executors' names as a CLI choice (meshctl/specs/executor.py is their one list)
+# the executors' names as a CLI choice (meshctl/executor_kinds.py is their one list)
 ExecutorKind = Enum("ExecutorKind", {kind: kind for kind in EXECUTOR_KINDS}, type=str)
 
 

@@ -57,6 +57,7 @@ def resubmit_run(prefix: str, results_dir: Path, executor: str | None) -> str:
     with _open(results_dir) as ledger:
         run_id = resolve_run(ledger, prefix)
         reconcile(ledger, jobs_dir(Path(results_dir).absolute(), "resubmit"))  # a resubmit killed before its record
+        seen = ledger.submission_marks()
         status = next(s for s in observe(ledger, record=True) if s.run_id == run_id)
         if status.state in ACTIVE:
             raise BadInput(f"RUN: {run_id} is {status.state}; cancel it first or wait for it to end")
@@ -64,7 +65,7 @@ def resubmit_run(prefix: str, results_dir: Path, executor: str | None) -> str:
             raise BadInput(f"RUN: {run_id} is completed; `meshctl sweep SPEC --force` re-runs completed runs")
         owner = claims.me()
         with ledger.lease(owner):
-            if not ledger.claim([run_id], lambda state, live: not live, owner=owner):
+            if not ledger.claim([run_id], lambda state, live: not live, owner=owner, seen=seen):
                 raise BadInput(f"RUN: {run_id} is being submitted by another meshctl; try again shortly")
             row = ledger.run(run_id)
             last: Submission | None = ledger.latest_submissions([run_id]).get(run_id)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from meshctl.errors import BadInput, MeshctlError
-from meshctl.specs.executor import ExecutorKind
+from meshctl.executor_kinds import ExecutorKind
 
 if TYPE_CHECKING:
     import submitit

@@ -179,20 +179,33 @@ class Ledger:
 
     # claims and submissions
     def claim(self, run_ids: Iterable[str], may_claim: Callable[[str, bool], bool],
-              owner: Owner | None = None) -> list[str]:
+              owner: Owner | None = None, seen: dict[str, int] | None = None) -> list[str]:
         """Atomically take the runs `may_claim(state, has_live_claim)` accepts; returns the ids claimed.
-        A claim names its holder (host, pid, process start): a dead holder's claims count as none."""
+        A claim names its holder (host, pid, process start): a dead holder's claims count as none.
+        `seen` (from `submission_marks`, read before the caller judged the runs) guards against a stale
+        judgement: a run with a submission recorded since then is not claimed, whatever its state says."""
         token = (owner or claims.me()).token()
         now, claimed = time.time(), []
         with self.transaction() as db:
+            marks = self._marks(db) if seen is not None else {}
             for run_id in run_ids:
                 state, claimed_by, claimed_at = db.execute(
                     "SELECT state, claimed_by, claimed_at FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+                if seen is not None and marks.get(run_id, 0) != seen.get(run_id, 0):
+                    continue  # submitted by someone else after the caller looked
                 if may_claim(state, _live(claimed_by, claimed_at, now)):
                     db.execute("UPDATE runs SET claimed_by = ?, claimed_at = ?, updated = ? WHERE run_id = ?",
                                (token, now, now, run_id))
                     claimed.append(run_id)
         return claimed
+
+    def submission_marks(self) -> dict[str, int]:
+        """run id -> id of its latest recorded submission: read before judging runs, given to `claim`."""
+        return self._marks(self._db)
+
+    @staticmethod
+    def _marks(db: sqlite3.Connection) -> dict[str, int]:
+        return dict(db.execute("SELECT run_id, MAX(id) FROM submissions GROUP BY run_id").fetchall())
 
     def renew(self, owner: Owner) -> int:
         """Extend the lease of every claim `owner` holds (what a holder on another host is judged by)."""

@@ -16,12 +16,13 @@ evaluation jobs are not ledger runs; their results and failures are read from th
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from meshctl.layout import EVAL_DIR, FINAL, JOB_LOG, read_json, tail_metrics
+from meshctl.layout import CANCELLED, EVAL_DIR, FAILURE, FINAL, JOB_LOG, METRICS, read_json, tail_metrics
 from meshctl.orchestrate.backends import backend
 from meshctl.orchestrate.ledger import Ledger, RunRow, Submission
 from meshctl.orchestrate.markers import EVAL_FAILURE, read_cancelled, read_eval_job, read_failure
@@ -86,14 +87,17 @@ def _log_tail(sub: Submission | None, n: int = 5) -> list[str]:
     return []
 
 
-def derive(row: RunRow, sub: Submission | None, scheduler: str | None, live_claim: bool) -> RunStatus:
+def derive(row: RunRow, sub: Submission | None, scheduler: str | None, live_claim: bool,
+           files: frozenset[str] | None = None) -> RunStatus:
+    """`files`: the names in the run directory (one listdir instead of a failed open per marker)."""
     run_dir = row.run_dir
+    files = listing(run_dir) if files is None else files
     train = row.spec.get("train", {})
     status = RunStatus(run_id=row.run_id, state="new", labels=row.labels, run_dir=str(run_dir),
                        total_steps=train.get("max_steps"))
     if sub is not None:
         status.job_id, status.executor = sub.job_id, sub.executor
-    metrics = tail_metrics(run_dir)
+    metrics = tail_metrics(run_dir) if METRICS in files else {}
     if metrics:
         status.step, status.tokens = metrics.get("step"), metrics.get("tokens")
         status.train_loss, status.tokens_per_s = metrics.get("train_loss"), metrics.get("tokens_per_s")
@@ -101,13 +105,13 @@ def derive(row: RunRow, sub: Submission | None, scheduler: str | None, live_clai
         first = next(iter(val.values()), None)
         status.val_loss = first.get("loss") if isinstance(first, dict) else None
 
-    final = read_json(run_dir / FINAL)
+    final = read_json(run_dir / FINAL) if FINAL in files else None
     if final is not None:
         status.state = "completed"
         status.val_loss = final.get("val_loss", status.val_loss)
         return status
-    failure = read_failure(run_dir)
-    cancelled_at = read_cancelled(run_dir)
+    failure = read_failure(run_dir) if FAILURE in files else None
+    cancelled_at = read_cancelled(run_dir) if CANCELLED in files else None
     state = scheduler_state(scheduler)
     holder = row.holder
     if holder is not None and live_claim:
@@ -129,7 +133,7 @@ def derive(row: RunRow, sub: Submission | None, scheduler: str | None, live_clai
     elif state == "ended":  # the job finished but this run has no final.json
         status.state, status.detail = "failed", f"job {sub.job_id} ended without final.json"
         status.log_tail = _log_tail(sub)
-    elif state == "running" and not _taken_up(run_dir, sub):
+    elif state == "running" and not (JOB_LOG in files and _taken_up(run_dir, sub)):
         status.state = "pending"  # its job runs but has not reached this run yet (a local lane's queue)
     else:
         status.state = state
@@ -150,6 +154,13 @@ def _tokens_per_step(spec: dict[str, Any]) -> int:
     return int(spec.get("train", {}).get("global_batch") or 0) * int(spec.get("data", {}).get("seq_len") or 0)
 
 
+def listing(run_dir: Path) -> frozenset[str]:
+    try:
+        return frozenset(os.listdir(run_dir))
+    except (FileNotFoundError, NotADirectoryError):
+        return frozenset()
+
+
 def _taken_up(run_dir: Path, sub: Submission) -> bool:
     """A job of this submission has started on the run (it appends to jobs.jsonl when it does)."""
     try:
@@ -164,7 +175,8 @@ def observe(ledger: Ledger, sweep: str | None = None, record: bool = True) -> li
     rows = ledger.runs(sweep)
     subs = ledger.latest_submissions(r.run_id for r in rows)
     plan = _plan(ledger, sweep)
-    finished = {r.run_id for r in rows if (r.run_dir / FINAL).exists()}
+    files = {r.run_id: listing(r.run_dir) for r in rows}
+    finished = {r.run_id for r in rows if FINAL in files[r.run_id]}
     progress = _evaluation_progress(rows, subs, finished, plan) if plan else {}
     asked = [s for r in rows if (s := subs.get(r.run_id)) is not None and r.run_id not in finished]
     sched = scheduler_states(asked + [job for _, _, job in progress.values() if job is not None])
@@ -172,7 +184,7 @@ def observe(ledger: Ledger, sweep: str | None = None, record: bool = True) -> li
     for row in rows:
         sub = subs.get(row.run_id)
         scheduler = sched.get(sub.job_id) if sub is not None else None
-        statuses.append(derive(row, sub, scheduler, row.live_claim))
+        statuses.append(derive(row, sub, scheduler, row.live_claim, files[row.run_id]))
     _apply_evaluations(statuses, rows, progress, sched)
     if record:
         ledger.set_states({s.run_id: s.state for s in statuses})

@@ -107,13 +107,14 @@ def submit_sweep(
             evaluation=evaluation,
         )
         report.adopted = reconcile(ledger, folder)
+        seen = ledger.submission_marks()  # before observing: a submission recorded after it voids a claim
         current = {s.run_id: s for s in observe(ledger, sweep.name)}
         owner = claims.me()
         with ledger.lease(owner):
             claimed = ledger.claim(
                 [p.run_id for p in planned],
                 # the ledger's state was just refreshed by observe(); a concurrent sweep's claim or record wins
-                lambda state, live: wants_submission(state, live, retry_failed, force), owner=owner,
+                lambda state, live: wants_submission(state, live, retry_failed, force), owner=owner, seen=seen,
             )
             report.skipped = {rid: current[rid].state for rid in by_id if rid not in claimed}
             if not claimed:

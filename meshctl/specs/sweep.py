@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from meshctl.errors import BadInput
 from meshctl.models.spec import Recurrence
-from meshctl.specs.executor import ExecutorKind
+from meshctl.executor_kinds import ExecutorKind
 from meshctl.specs.hashing import digest, run_id
 from meshctl.specs.run import RunSpec, validation_message
 
@@ -94,7 +94,7 @@ def reference_model(vanilla: Any) -> "ModelSpec":
 class ExecutorSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    kind: ExecutorKind = Field("local", description="local processes or SLURM (meshctl/specs/executor.py)")
+    kind: ExecutorKind = Field("local", description="local processes or SLURM (meshctl/executor_kinds.py)")
     max_parallel: int = Field(1, gt=0, description="runs at once (local) / array parallelism (slurm)")
     resources: dict[str, Any] = Field(default_factory=dict, description="default resources of every run")
 

@@ -111,3 +111,16 @@ def test_a_claim_from_another_host_is_a_lease_renewed_while_its_holder_works(tmp
             assert ledger.claim(ids, fresh) == []  # renewed while it works
         time.sleep(0.5)
         assert ledger.claim(ids, fresh) == ids  # lapsed once renewals stopped
+
+
+def test_a_claim_judged_on_a_stale_view_is_refused(tmp_path) -> None:
+    """Two sweeps at once: A looks (no job), B claims, submits and records, A's stale view then writes
+    `new` over B's state. A's claim must still fail: a submission was recorded after A looked."""
+    with Ledger(tmp_path / "l.sqlite") as a, Ledger(tmp_path / "l.sqlite") as b:
+        ids = register(a, 2)
+        seen = a.submission_marks()
+        assert b.claim(ids[:1], fresh) == ids[:1]
+        b.record_submissions([Submission(ids[0], "slurm", "38", None, "/tmp/f", time.time())])
+        a.set_states({ids[0]: "new"})  # A's stale observation
+        assert a.claim(ids, fresh, seen=seen) == ids[1:]
+        assert a.claim(ids[:1], fresh, seen=a.submission_marks()) == ids[:1]  # judged afresh: its state decides

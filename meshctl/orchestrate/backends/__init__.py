@@ -1,5 +1,5 @@
 """One backend per executor (`local.py`, `slurm.py`), all behind `base.Backend`; a new executor is one
-module here named after its kind, plus the kind in meshctl/specs/executor.py."""
+module here named after its kind, plus the kind in meshctl/executor_kinds.py."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import importlib
 
 from meshctl.errors import BadInput
 from meshctl.orchestrate.backends.base import Backend
-from meshctl.specs.executor import EXECUTOR_KINDS
+from meshctl.executor_kinds import EXECUTOR_KINDS
 
 __all__ = ["Backend", "backend"]
 
