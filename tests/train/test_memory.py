@@ -72,3 +72,56 @@ def test_1_4b_per_rank_memory_by_strategy_and_the_default_per_scale():
                       "pythia-2.8b": "ddp_zero1", "pythia-6.9b": "fsdp"}
     one = parse_run_spec({"model": "pythia-6.9b", "data": {"path": "/data"}}).resolved()
     assert one.train.strategy == "auto"  # one device: nothing to shard over
+
+
+def _optimizer_state_worker(rank: int, world: int, init_file: str, queue) -> None:
+    """One AdamW step of tiny-256 under ZeRO-1 (DDP) and under FSDP; the bytes of AdamW state this rank holds."""
+    import torch.distributed as dist
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+    from torch.nn.parallel import DistributedDataParallel
+
+    from meshctl.train.sharding import shard_model
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    spec = resolve("tiny-256-1+2R2+1-mesh")
+    batch = torch.randint(0, 4000, (2, 33), generator=torch.Generator().manual_seed(rank))
+
+    def state_bytes(optimizer: torch.optim.Optimizer) -> int:
+        tensors = [t for s in optimizer.state.values() for k, t in s.items() if k != "step"]
+        return sum((t.to_local() if hasattr(t, "to_local") else t).numel() * t.element_size() for t in tensors)
+
+    ddp = DistributedDataParallel(build(spec, seed=0))
+    zero = ZeroRedundancyOptimizer(ddp.parameters(), optimizer_class=torch.optim.AdamW, lr=1e-3)
+    ddp(batch[:, :-1], targets=batch[:, 1:]).backward()
+    zero.step()
+    fsdp = shard_model(build(spec, seed=0), dist.device_mesh.init_device_mesh("cpu", (world,)))
+    adamw = torch.optim.AdamW(fsdp.parameters(), lr=1e-3)
+    fsdp(batch[:, :-1], targets=batch[:, 1:]).backward()
+    adamw.step()
+    queue.put((rank, state_bytes(zero.optim), state_bytes(adamw)))
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_zero1_and_fsdp_hold_their_share_of_adamw_state_per_rank(tmp_path):
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_optimizer_state_worker, args=(r, 2, str(tmp_path / "init"), queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    got = [queue.get(timeout=180) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    spec = resolve("tiny-256-1+2R2+1-mesh")
+    estimate = {s: per_gpu_memory(spec, strategy=s, world_size=2, micro_batch=2, seq_len=32, precision="32").optimizer
+                for s in ("ddp", "ddp_zero1", "fsdp")}
+    zero, fsdp = [g[1] for g in got], [g[2] for g in got]
+    assert sum(zero) == estimate["ddp"]  # ZeRO-1 splits whole tensors: every state once over the ranks...
+    for share in zero:  # ...about evenly (a greedy split by size)
+        assert share == pytest.approx(estimate["ddp_zero1"], rel=0.1)
+    for share in fsdp:  # FSDP splits every tensor along dim 0 (padded): half each
+        assert share == pytest.approx(estimate["fsdp"], rel=0.01)
