@@ -84,10 +84,14 @@ def tail_metrics(run_dir: str | Path) -> dict[str, Any]:
             data = f.read()
     except FileNotFoundError:
         return {}
-    steps = _STEP.findall(data)
-    if not steps:
-        return {}
-    top = max(map(int, steps))
+    last = _STEP.search(data, max(0, data.rfind(b"\n", 0, len(data) - 1)))  # the last line's step
+    if last is not None and _above(last.group(1)).search(data) is None:
+        top = int(last.group(1))  # steps only grew: no scan of every step (the common case)
+    else:  # a requeue re-logged steps since its checkpoint, or the last line was cut
+        steps = _STEP.findall(data)
+        if not steps:
+            return {}
+        top = max(map(int, steps))
     latest: dict[str, Any] = {}
     for m in re.finditer(rb'"step":\s*%d\b' % top, data):
         if isinstance(record := _line_at(data, m.start()), dict) and record.get("step") == top:
@@ -105,6 +109,14 @@ def tail_metrics(run_dir: str | Path) -> dict[str, Any]:
 
 
 _STEP = re.compile(rb'"step":\s*(\d+)')
+
+
+def _above(digits: bytes) -> re.Pattern[bytes]:
+    """A regex for a step written as a number greater than `digits` (no int parsing of every line)."""
+    n, text = len(digits), digits.decode()
+    longer = [rf"[1-9]\d{{{n},}}"]
+    same = [f"{text[:i]}[{int(text[i]) + 1}-9]\\d{{{n - i - 1}}}" for i in range(n) if text[i] != "9"]
+    return re.compile(rb'"step":\s*(?:' + "|".join(longer + same).encode() + rb")(?!\d)")
 
 
 def _line_at(data: bytes, at: int) -> Any:

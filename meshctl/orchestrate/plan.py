@@ -22,11 +22,15 @@ def plan_rows(planned: list[PlannedRun], gpu: str = "h100-sxm", mfu: float = 0.4
     if not 0 < mfu <= 1:
         raise ValueError(f"--mfu: {mfu} is not in (0, 1]; a typical assumption is 0.3-0.5")
     rows = []
+    counted: dict[tuple[int, int], tuple[Any, float]] = {}  # a cell's seeds share one model spec: count it once
     for run in planned:
-        spec, model = run.spec, run.spec.model_spec()
-        counts = count_params(model)
+        spec = run.spec
+        model = run.extra.get("model_spec") or spec.model_spec()
+        key = (id(model), spec.data.seq_len)
+        if key not in counted:
+            counted[key] = (count_params(model), flops_per_token(model, spec.data.seq_len, FLOP_FORMULA))
+        counts, fpt = counted[key]
         tokens = spec.train.max_steps * spec.tokens_per_step
-        fpt = flops_per_token(model, spec.data.seq_len, FLOP_FORMULA)
         total = fpt * tokens
         peak = PEAK_FLOPS[gpu][precision_kind(spec.train.precision)]
         gpus = spec.train.devices * spec.train.num_nodes

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import PurePath
-from typing import Any
+from typing import Any, Callable
 
 RUN_ID_LENGTH = 12
 
@@ -50,3 +50,15 @@ def identity(run_spec: dict[str, Any]) -> dict[str, Any]:
 
 def run_id(run_spec: dict[str, Any]) -> str:
     return digest(identity(run_spec), RUN_ID_LENGTH)
+
+
+_SEED = "__meshctl_seed__"
+
+
+def run_ids_by_seed(run_spec: dict[str, Any]) -> Callable[[int], str]:
+    """`run_id` of this spec with any seed, its canonical JSON built once: a sweep's seeds of one cell
+    differ in the seed alone, so each further id costs one hash, not a dump and a sort of the whole spec."""
+    ident = identity(run_spec)
+    ident["seed"] = _SEED
+    head, tail = canonical_json(ident).split(json.dumps(_SEED))
+    return lambda seed: hashlib.sha256(f"{head}{int(seed)}{tail}".encode()).hexdigest()[:RUN_ID_LENGTH]

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from meshctl.errors import BadInput
 from meshctl.models.spec import Recurrence
 from meshctl.executor_kinds import ExecutorKind
-from meshctl.specs.hashing import digest, run_id
+from meshctl.specs.hashing import digest, run_ids_by_seed
 from meshctl.specs.run import RunSpec, validation_message
 
 if TYPE_CHECKING:
@@ -229,29 +229,35 @@ def expand(sweep: SweepSpec, source: str = "sweep") -> list[PlannedRun]:
                 cells.append((f"groups[{gi}].variants[{vi}]", _model_changes(group, variant, recurrence, slots),
                               variant.train, labels))
         for where, model, variant_train, labels in cells:
+            raw_train = _merge(sweep.train, group.train, variant_train)
+            resources = _merge(sweep.executor.resources, group.resources)
+            first: RunSpec | None = None
             for seed in sweep.seeds:
-                raw_train = _merge(sweep.train, group.train, variant_train)
-                # `sweep` names the W&B group of the run's trackers; it is not part of the run id
-                raw = {"model": model, "data": sweep.data, "train": raw_train, "seed": seed, "sweep": sweep.name}
-                try:
-                    spec = RunSpec.model_validate(raw).resolved()
-                except ValidationError as exc:
-                    raise BadInput(f"{source}: {where}: {validation_message(exc)}") from None
-                except BadInput as exc:
-                    raise BadInput(f"{source}: {where}: {exc}") from None
-                _check_tokens(spec, raw_train, f"{source}: {where}")
-                resources = _merge(sweep.executor.resources, group.resources)
-                _check_resources(spec, resources, f"{source}: {where}")
-                rid = run_id(spec.model_dump(mode="json"))
+                if first is None or type(seed) is not int or seed < 0:
+                    # `sweep` names the W&B group of the run's trackers; it is not part of the run id
+                    raw = {"model": model, "data": sweep.data, "train": raw_train, "seed": seed, "sweep": sweep.name}
+                    try:
+                        spec = RunSpec.model_validate(raw).resolved()
+                    except ValidationError as exc:
+                        raise BadInput(f"{source}: {where}: {validation_message(exc)}") from None
+                    except BadInput as exc:
+                        raise BadInput(f"{source}: {where}: {exc}") from None
+                if first is None:
+                    _check_tokens(spec, raw_train, f"{source}: {where}")
+                    _check_resources(spec, resources, f"{source}: {where}")
+                    first, ids, model_spec = spec, run_ids_by_seed(spec.model_dump(mode="json")), spec.model_spec()
+                else:
+                    # the seed enters a run spec but not its resolution: the cell's other seeds are copies
+                    spec = first.model_copy(update={"seed": seed})
+                rid = ids(seed)
                 if rid in seen:
                     raise BadInput(f"{source}: {where} duplicates the run of {seen[rid]} (seed {seed}); remove one")
                 seen[rid] = where
-                model_spec = spec.model_spec()
                 planned.append(PlannedRun(
                     run_id=rid, spec=spec, where=where,
                     labels={"sweep": sweep.name, "group": group.name, **labels,
                             "structure": model_spec.structure, "seed": seed},
-                    resources=resources,
+                    resources=resources, extra={"model_spec": model_spec},
                 ))
     return planned
 

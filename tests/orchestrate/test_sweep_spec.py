@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from meshctl.errors import BadInput
 from meshctl.specs.sweep import expand, load_sweep, parse_sweep
 from tests.orchestrate.helpers import meshctl, tiny_sweep, write_spec
 
@@ -148,3 +149,26 @@ def test_run_ids_of_preset_references_do_not_change() -> None:
         assert planned.run_id == run_id(before.model_dump(mode="json"))
     as_mapping = {**raw, "groups": [{**g, "vanilla": {"preset": g["vanilla"]}} for g in raw["groups"]]}
     assert [p.run_id for p in expand(parse_sweep(as_mapping))] == [p.run_id for p in expand(sweep)]
+
+
+@pytest.mark.parametrize("name", ["smoke", "pythia_scale", "ablation_buffer"])
+def test_a_cells_seeds_are_the_runs_a_full_validation_gives(name: str) -> None:
+    """expand validates each cell once and copies it per seed (benchmarks/orchestration.py): every run
+    must equal what validating its own spec gives, and keep the id its full spec hashes to."""
+    from meshctl.specs.hashing import run_id
+    from meshctl.specs.run import RunSpec
+
+    spec, raw = load_sweep(f"sweeps/{name}.yaml")
+    spec = parse_sweep({**raw, "seeds": [0, 7, 1234]})
+    planned = expand(spec)
+    for p in planned:
+        dumped = p.spec.model_dump(mode="json")
+        assert p.run_id == run_id(dumped)
+        assert RunSpec.model_validate(dumped).resolved() == p.spec and p.spec.seed == p.labels["seed"]
+    assert len({p.run_id for p in planned}) == len(planned)
+
+
+def test_a_bad_later_seed_is_still_refused() -> None:
+    spec = parse_sweep({**tiny_sweep(Path("data/x")), "seeds": [0, -1]})
+    with pytest.raises(BadInput, match="seed"):
+        expand(spec)
