@@ -1,6 +1,7 @@
 """A 2-process FSDP run through the local SLURM cluster: `meshctl sweep --executor slurm` asks for one node
-and 2 tasks, submitit starts the training function in each, Lightning's SLURMEnvironment makes them ranks
-0 and 1 (gloo), and the run finishes with the losses of the same run trained in one process."""
+and 2 tasks, submitit starts the training function in each (the first task holds the run directory's lock
+for the job, orchestrate/jobs.py), Lightning's SLURMEnvironment makes them ranks 0 and 1 (gloo), and the
+run finishes with the losses of the same run trained in one process."""
 
 from __future__ import annotations
 
@@ -17,14 +18,6 @@ from meshctl.train.rundir import read_metrics
 from tests.orchestrate.helpers import meshctl, tiny_sweep, write_spec
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
-
-# Known gap, outside meshctl.train: orchestrate/jobs.py's `train_recording_failure` takes the run
-# directory's flock in every task, so of a 2-task job one task trains alone and the other returns
-# "skipped" (the job then hangs at init_process_group). Passes with the change in the README's
-# "Multi-GPU" section (tasks with SLURM_PROCID > 0 of a multi-task job train without the lock); strict,
-# so the marker has to go when that lands.
-MULTI_TASK_LOCK = pytest.mark.xfail(
-    strict=True, reason="orchestrate/jobs.py locks the run dir per task: only one task of a multi-task job trains")
 
 
 def node_cpus() -> int:
@@ -43,7 +36,6 @@ def wait_for_run(run_dir: Path, jobs: Path, timeout: float) -> None:
         time.sleep(1)
 
 
-@MULTI_TASK_LOCK
 def test_two_task_fsdp_job_through_slurm_matches_one_process(tmp_path, prepared_demo) -> None:
     assert node_cpus() >= 2, "the local cluster needs 2 CPUs for a 2-task job"
     spec = tiny_sweep(prepared_demo, name="slurm_fsdp")
