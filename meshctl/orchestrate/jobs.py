@@ -9,6 +9,7 @@ A run that raises leaves `failure.json` in its run directory (see `markers`) for
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -88,6 +89,8 @@ def train_recording_failure(spec_json: str, run_dir: Path) -> dict[str, Any]:
     from meshctl.specs.run import RunSpec
     from meshctl.train.job import run_training
 
+    if _task_rank() > 0:  # the other ranks of a multi-task job: its first task holds the run for the job
+        return run_training(RunSpec.model_validate_json(spec_json), run_dir)
     log_job(run_dir)  # before the lock: a duplicate job is counted too (tests count jobs per run from this)
     with exclusive(run_dir) as owned:
         if not owned:  # a duplicate job (e.g. a submitter killed before it recorded the first one)
@@ -97,6 +100,13 @@ def train_recording_failure(spec_json: str, run_dir: Path) -> dict[str, Any]:
         except Exception as exc:
             write_failure(run_dir, exc)
             raise
+
+
+def _task_rank() -> int:
+    """This task's rank within its job: SLURM's task id when the job runs several (DDP/FSDP ranks)."""
+    if int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1:
+        return int(os.environ.get("SLURM_PROCID", "0") or 0)
+    return 0
 
 
 @contextmanager

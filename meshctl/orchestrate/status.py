@@ -1,7 +1,8 @@
 """Where every run stands: the run directory (progress, results) joined with the scheduler's word.
 
-The scheduler is asked once per refresh for all job ids (one `sacct`, one pid sweep for local jobs),
-never once per run. Run directories are read from their tail only, so status stays fast at 1,000 runs.
+The scheduler is asked once per refresh for all job ids, training and evaluation jobs together (one
+`sacct`; one pid check per local lane), never once per run, through the executor's backend. A run
+directory costs one listdir and one seek into metrics.jsonl, so status stays fast at 1,000 runs.
 
 States: new (never submitted), submitting (claimed by a live meshctl: `claim` names it), pending, running, requeued,
 completed (final.json), failed (the training raised, or the scheduler says FAILED/OOM/NODE_FAIL),

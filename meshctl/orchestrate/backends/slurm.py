@@ -56,9 +56,22 @@ class SlurmBackend:
         return subs
 
     def release(self, submissions: list[Submission]) -> None:
+        """One `scontrol release` for all. Releasing a running or ended job is a no-op, one SLURM has
+        forgotten is no error here; any other failure raises with the record still pending, so the next
+        `meshctl sweep` adopts and releases the jobs (a held job never starts by itself)."""
+        from meshctl.errors import MeshctlError
+
         arrays = sorted({s.job_id.split("_")[0] for s in submissions})
-        if arrays:  # one call; a job already released or ended is no error worth stopping for
-            subprocess.run(["scontrol", "release", ",".join(arrays)], capture_output=True, text=True, timeout=120)
+        if not arrays:
+            return
+        try:
+            done = subprocess.run(["scontrol", "release", ",".join(arrays)], capture_output=True, text=True, timeout=120)
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise MeshctlError(f"scontrol release {','.join(arrays)}: {exc}; run `meshctl sweep` again to release them") from None
+        said = (done.stderr + done.stdout).strip()
+        if done.returncode != 0 and "Invalid job id" not in said:
+            raise MeshctlError(f"scontrol release {','.join(arrays)} failed: {said.splitlines()[0] if said else done.returncode}; "
+                               "run `meshctl sweep` again to release them")
 
     def adopt(self, records: list[SubmissionRecord], spec_of: Callable[[str], str]) -> dict[str, list[Submission]]:
         names = [r.name for r in records] + [_eval_name(r) for r in records if r.evaluation is not None]
