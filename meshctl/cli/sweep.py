@@ -10,12 +10,9 @@ from typing import Annotated, Any
 import typer
 
 from meshctl.cli.common import Format, FormatOpt, ResultsDir, console, print_json, print_table, user_errors
-
-DEFAULT_RESULTS = Path("results")
-
-
 from meshctl.executor_kinds import EXECUTOR_KINDS
 
+DEFAULT_RESULTS = Path("results")
 # the executors' names as a CLI choice (meshctl/executor_kinds.py is their one list)
 ExecutorKind = Enum("ExecutorKind", {kind: kind for kind in EXECUTOR_KINDS}, type=str)
 
@@ -24,7 +21,7 @@ PLAN_COLUMNS = [
     ("run_id", "run"), ("group", "scale"), ("variant", "variant"), ("structure", "structure"), ("seed", "seed"),
     ("params_non_embedding", "non-emb"), ("params_unrolled_non_embedding", "unrolled"),
     ("flops_per_token", "FLOPs/tok (palm)"), ("tokens", "tokens"), ("total_flops", "FLOPs"),
-    ("gpus", "GPUs"), ("gpu_hours", "GPU-h"),
+    ("gpus", "GPUs"), ("strategy", "strategy"), ("gpu_memory_gib", "GiB/GPU"), ("gpu_hours", "GPU-h"),
 ]
 STATUS_COLUMNS = [
     ("run_id", "run"), ("group", "scale"), ("variant", "variant"), ("structure", "structure"), ("seed", "seed"),

@@ -2,7 +2,8 @@
 
 GPU-hours = total training FLOPs / (peak FLOP/s of the chip at the run's precision x assumed MFU) / 3600,
 with FLOPs from the counting module's "palm" formula (matmuls incl. LM head and attention), the same one
-MFU is measured with during training.
+MFU is measured with during training. Memory per GPU is meshctl.train.memory's analytic estimate for the
+run's strategy (a multi-device `auto` run has been resolved to the scale's default by then).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 from meshctl.models.counting import count_params, flops_per_token
 from meshctl.specs.sweep import PlannedRun
 from meshctl.train.hardware import PEAK_FLOPS, precision_kind
+from meshctl.train.memory import per_gpu_memory
 
 FLOP_FORMULA = "palm"
 
@@ -23,6 +25,7 @@ def plan_rows(planned: list[PlannedRun], gpu: str = "h100-sxm", mfu: float = 0.4
         raise ValueError(f"--mfu: {mfu} is not in (0, 1]; a typical assumption is 0.3-0.5")
     rows = []
     counted: dict[tuple[int, int], tuple[Any, float]] = {}  # a cell's seeds share one model spec: count it once
+    memory: dict[tuple[Any, ...], Any] = {}
     for run in planned:
         spec = run.spec
         model = run.extra.get("model_spec") or spec.model_spec()
@@ -33,7 +36,13 @@ def plan_rows(planned: list[PlannedRun], gpu: str = "h100-sxm", mfu: float = 0.4
         tokens = spec.train.max_steps * spec.tokens_per_step
         total = fpt * tokens
         peak = PEAK_FLOPS[gpu][precision_kind(spec.train.precision)]
-        gpus = spec.train.devices * spec.train.num_nodes
+        t = spec.train
+        gpus = t.world_size
+        strategy = t.strategy if t.strategy != "auto" else "ddp"
+        mem_key = (key, strategy, gpus, t.micro_batch, t.precision)
+        if mem_key not in memory:
+            memory[mem_key] = per_gpu_memory(model, strategy=strategy, world_size=gpus, micro_batch=t.micro_batch,
+                                             seq_len=spec.data.seq_len, precision=t.precision)
         rows.append({
             "run_id": run.run_id,
             **{k: run.labels.get(k) for k in ("group", "variant", "family", "structure", "seed")},
@@ -47,6 +56,8 @@ def plan_rows(planned: list[PlannedRun], gpu: str = "h100-sxm", mfu: float = 0.4
             "total_flops": total,
             "gpus": gpus,
             "gpu_hours": total / (peak * mfu) / 3600.0,
+            "strategy": strategy if gpus > 1 else None,
+            "gpu_memory_gib": memory[mem_key].total / 2**30,
             "resources": run.resources,
         })
     return rows

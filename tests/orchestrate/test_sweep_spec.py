@@ -47,6 +47,11 @@ def test_dry_run_json_plans_the_paper_sweep() -> None:
     assert mesh["params_non_embedding"] == 805_797_918 and mesh["flop_formula"] == "palm"
     assert mesh["total_flops"] == pytest.approx(mesh["flops_per_token"] * mesh["tokens"])
     assert doc["totals"]["gpu_hours"] > 0
+    # per-GPU memory from meshctl.train.memory at the run's strategy (README's table: 16 ranks, seq 4096)
+    vanilla = next(r for r in doc["runs"] if r["group"] == "1.4b" and r["variant"] == "vanilla")
+    assert vanilla["gpus"] == 16 and vanilla["strategy"] == "ddp"
+    assert vanilla["gpu_memory_gib"] == pytest.approx(50.47, abs=0.01)
+    assert mesh["gpu_memory_gib"] < vanilla["gpu_memory_gib"]  # a third fewer weights and AdamW states
 
 
 def _refusal(tmp_path, spec, results=None):
