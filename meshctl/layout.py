@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ SPEC, METRICS, FINAL, CHECKPOINTS, LAST_CKPT, LOGS = (
 EVAL_DIR, PROBE_DIR, PROBE = "eval", "probe", "probe.json"
 FAILURE, EVAL_FAILURE, EVAL_JOB, CANCELLED, JOB_LOG = (
     "failure.json", "eval_failure.json", "eval_job.json", "cancelled.json", "jobs.jsonl")
+WANDB_ID = "wandb_id"
 TAIL_BYTES = 64 * 1024
 
 
@@ -128,16 +130,21 @@ def _line_at(data: bytes, at: int) -> Any:
         return None  # a partial first line of the tail, or a write cut by a kill
 
 
-def _parse_all(lines: list[str]) -> dict[str, Any]:
-    latest: dict[str, Any] = {}
-    val: dict[str, Any] | None = None
+def metric_records(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
+    """The metrics lines that parse as records with an integer step; a write cut by a kill is skipped."""
     for line in lines:
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
-            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            yield record
+
+
+def _parse_all(lines: list[str]) -> dict[str, Any]:
+    latest: dict[str, Any] = {}
+    val: dict[str, Any] | None = None
+    for record in metric_records(lines):
         if record["step"] >= latest.get("step", -1):
             latest = {**latest, **record} if record["step"] == latest.get("step") else dict(record)
         if isinstance(record.get("val"), dict) and record["val"]:

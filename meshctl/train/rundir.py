@@ -24,10 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from meshctl.errors import BadInput
-
-SPEC, METRICS, FINAL, CHECKPOINTS, LOGS = "spec.json", "metrics.jsonl", "final.json", "checkpoints", "logs"
-LAST_CKPT = "last.ckpt"
-WANDB_ID = "wandb_id"
+from meshctl.layout import CHECKPOINTS, FINAL, LAST_CKPT, LOGS, METRICS, SPEC, WANDB_ID, metric_records
 
 
 def write_json_atomic(path: Path, document: Any) -> None:
@@ -155,13 +152,7 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
         return []
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
-            continue
+    for record in metric_records(lines):
         merged = by_step.setdefault(record["step"], {})
         for key, value in record.items():
             if key == "val" and isinstance(value, dict):

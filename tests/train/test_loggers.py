@@ -26,6 +26,7 @@ from meshctl.train.job import run_training
 from meshctl.train.loggers import scalars
 from meshctl.train.rundir import read_metrics
 from tests.orchestrate.helpers import tiny_sweep
+from tests.train.helpers import assert_refused
 from tests.train.test_training import _train_cli, _wait_for_step
 
 WANDB_BIN = Path(sys.executable).with_name("wandb")
@@ -224,14 +225,6 @@ def test_killed_run_resumes_as_one_tracked_run(small_spec, tmp_path, wandb_offli
     assert_same_curves(table, expected, rel=1e-12)
 
 
-def _refused(result, *words: str) -> None:
-    assert result.exit_code == 2, (result.exit_code, result.output)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for word in words:
-        assert word in lines[0], lines[0]
-
-
 def test_a_missing_tracker_package_is_refused_with_the_extra(small_spec, tmp_path, monkeypatch):
     spec = small_spec()
     spec["train"]["loggers"] = ["csv", "wandb"]
@@ -239,17 +232,17 @@ def test_a_missing_tracker_package_is_refused_with_the_extra(small_spec, tmp_pat
     spec_path.write_text(yaml.safe_dump(spec))
     monkeypatch.setitem(sys.modules, "wandb", None)  # what an environment without the extra finds
     result = CliRunner().invoke(app, ["train", str(spec_path), "--run-dir", str(tmp_path / "run")])
-    _refused(result, "train.loggers", "wandb", "pip install 'meshctl[tracking]'")
+    assert_refused(result, "train.loggers", "wandb", "pip install 'meshctl[tracking]'")
     assert not (tmp_path / "run").exists()
 
     spec["train"]["loggers"] = ["csv", "csv"]
     spec_path.write_text(yaml.safe_dump(spec))
-    _refused(CliRunner().invoke(app, ["train", str(spec_path), "--run-dir", str(tmp_path / "run")]),
-             "train.loggers", "csv listed more than once")
+    assert_refused(CliRunner().invoke(app, ["train", str(spec_path), "--run-dir", str(tmp_path / "run")]),
+                   "train.loggers", "csv listed more than once")
     spec["train"]["loggers"] = ["mlflow"]
     spec_path.write_text(yaml.safe_dump(spec))
-    _refused(CliRunner().invoke(app, ["train", str(spec_path), "--run-dir", str(tmp_path / "run")]),
-             "train.loggers", "tensorboard")
+    assert_refused(CliRunner().invoke(app, ["train", str(spec_path), "--run-dir", str(tmp_path / "run")]),
+                   "train.loggers", "tensorboard")
 
 
 def test_sweep_names_the_group_and_loggers_keep_run_ids(prepared_demo):

@@ -21,6 +21,7 @@ from meshctl.data.indexed import IndexedDataset
 from meshctl.data.manifest import load_manifest
 from meshctl.train.job import run_training
 from meshctl.train.rundir import RunDir, read_final, read_metrics
+from tests.train.helpers import assert_refused
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -129,15 +130,6 @@ def _cli(args: list[str]):
     return CliRunner().invoke(app, args)
 
 
-def _refused(result, *words: str) -> None:
-    assert result.exit_code == 2, (result.exit_code, result.output)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for word in words:
-        assert word in lines[0], lines[0]
-    assert "Traceback" not in result.output
-
-
 def test_bad_inputs_are_refused_with_one_line(prepared_demo, small_spec, tmp_path):
     def write(name: str, spec: dict) -> Path:
         path = tmp_path / name
@@ -149,17 +141,17 @@ def test_bad_inputs_are_refused_with_one_line(prepared_demo, small_spec, tmp_pat
 
     vocab = load_manifest(prepared_demo).tokenizer.vocab_size
     too_small = write("vocab.yaml", small_spec({"preset": "tiny-64", "vocab_size": vocab // 2}))
-    _refused(_cli(args(too_small)), f"{vocab:,} token ids exceed the model's embedding of {vocab // 2:,} rows",
-             f"model.vocab_size >= {vocab}", "--vocab-size")
+    assert_refused(_cli(args(too_small)), f"{vocab:,} token ids exceed the model's embedding of {vocab // 2:,} rows",
+                   f"model.vocab_size >= {vocab}", "--vocab-size")
 
     missing = small_spec()
     missing["data"]["path"] = str(tmp_path / "no-such-data")
-    _refused(_cli(args(write("missing.yaml", missing))), "data.path", "meshctl data prepare")
+    assert_refused(_cli(args(write("missing.yaml", missing))), "data.path", "meshctl data prepare")
 
-    _refused(_cli(args(write("batch.yaml", small_spec(global_batch=12, micro_batch=8)))), "train.global_batch", "12")
+    assert_refused(_cli(args(write("batch.yaml", small_spec(global_batch=12, micro_batch=8)))), "train.global_batch", "12")
     bad_yaml = tmp_path / "syntax.yaml"
     bad_yaml.write_text("model: tiny-64\ntrain: {max_steps: 3\n")
-    _refused(_cli(args(bad_yaml)), "line")
+    assert_refused(_cli(args(bad_yaml)), "line")
     assert not run_dir.exists()  # nothing was created by any refusal
 
     # a run directory that holds another spec is left exactly as it was
@@ -168,6 +160,6 @@ def test_bad_inputs_are_refused_with_one_line(prepared_demo, small_spec, tmp_pat
     RunDir(run_dir).claim(parse_run_spec(small_spec(lr=1e-3)).resolved())
     (run_dir / "metrics.jsonl").write_text('{"step": 4, "tokens": 2048}\n')
     before = _snapshot(run_dir)
-    _refused(_cli(args(write("other.yaml", small_spec(lr=2e-3)))), "different run spec", str(run_dir))
-    _refused(_cli(args(too_small)), "different run spec")
+    assert_refused(_cli(args(write("other.yaml", small_spec(lr=2e-3)))), "different run spec", str(run_dir))
+    assert_refused(_cli(args(too_small)), "different run spec")
     assert _snapshot(run_dir) == before
