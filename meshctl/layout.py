@@ -35,6 +35,11 @@ WANDB_ID = "wandb_id"
 TAIL_BYTES = 64 * 1024
 
 
+def eval_result_name(task: str, num_fewshot: int, n_loop: int | None = None) -> str:
+    """`<task>[.<n>shot][.loops<K>].json` in a run's eval/ (n_loop None: the trained depth)."""
+    return f"{task}{f'.{num_fewshot}shot' if num_fewshot else ''}{f'.loops{n_loop}' if n_loop is not None else ''}.json"
+
+
 def ledger_path(results_dir: str | Path) -> Path:
     return Path(results_dir) / LEDGER
 

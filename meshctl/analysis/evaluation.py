@@ -23,6 +23,7 @@ from typing import Any
 
 from meshctl.analysis.offline_tasks import OFFLINE_TASKS, OfflineTaskSettings
 from meshctl.errors import BadInput, MeshctlError
+from meshctl.layout import EVAL_DIR, eval_result_name
 
 SCHEMA = "meshctl.eval/1"
 # The paper's nine downstream tasks and the metric each is reported with (acc_norm = byte-length normalised).
@@ -56,8 +57,7 @@ def expand_tasks(tasks: list[str] | tuple[str, ...] | None) -> list[str]:
 
 def result_path(run_dir: str | Path, task: str, num_fewshot: int, n_loop: int | None) -> Path:
     """`eval/<task>[.<n>shot][.loops<K>].json`; n_loop None means the trained depth."""
-    suffix = (f".{num_fewshot}shot" if num_fewshot else "") + (f".loops{n_loop}" if n_loop is not None else "")
-    return Path(run_dir) / "eval" / f"{task}{suffix}.json"
+    return Path(run_dir) / EVAL_DIR / eval_result_name(task, num_fewshot, n_loop)
 
 
 def _offline_env() -> bool:

@@ -23,7 +23,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from meshctl.layout import CANCELLED, EVAL_DIR, FAILURE, FINAL, JOB_LOG, METRICS, read_json, tail_metrics
+from meshctl.layout import (CANCELLED, EVAL_DIR, FAILURE, FINAL, JOB_LOG, METRICS, eval_result_name, read_json,
+                            tail_metrics)
 from meshctl.orchestrate.backends import backend
 from meshctl.orchestrate.ledger import Ledger, RunRow, Submission
 from meshctl.orchestrate.markers import EVAL_FAILURE, read_cancelled, read_eval_job, read_failure
@@ -208,11 +209,6 @@ def plan_tasks(plan: dict[str, Any]) -> list[str]:
     return expand_tasks(plan.get("tasks"))
 
 
-def result_name(task: str, num_fewshot: int) -> str:
-    """eval/<task>[.<n>shot].json at the trained depth (analysis.evaluation.result_path writes it)."""
-    return f"{task}{f'.{num_fewshot}shot' if num_fewshot else ''}.json"
-
-
 def _evaluation_progress(rows: list[RunRow], subs: dict[str, Submission], completed: set[str],
                          plan: dict[str, Any]) -> dict[str, tuple[int, int, Submission | None]]:
     """run id -> (documents written, tasks, the job evaluating it if the plan is not done) per completed run."""
@@ -220,7 +216,7 @@ def _evaluation_progress(rows: list[RunRow], subs: dict[str, Submission], comple
     out = {}
     for row in rows:
         if row.run_id in completed:
-            done = sum((row.run_dir / EVAL_DIR / result_name(task, shots)).exists() for task in tasks)
+            done = sum((row.run_dir / EVAL_DIR / eval_result_name(task, shots)).exists() for task in tasks)
             job = evaluation_job(row.run_dir, subs.get(row.run_id)) if done < len(tasks) else None
             out[row.run_id] = (done, len(tasks), job)
     return out
