@@ -27,7 +27,7 @@ def check_repo(repo: str) -> None:
         raise BadInput("--push: needs huggingface_hub (pip install huggingface_hub)") from None
     try:
         if "/" not in repo:
-            raise HFValidationError("give it as owner/name")
+            raise HFValidationError("no owner")
         validate_repo_id(repo)
     except HFValidationError as exc:
         raise BadInput(f"--push {repo!r}: not a Hugging Face repo id ({str(exc).splitlines()[0]}); "
