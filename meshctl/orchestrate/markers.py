@@ -42,11 +42,11 @@ def write_cancelled(run_dir: Path) -> None:
 
 
 def read_failure(run_dir: Path, name: str = FAILURE) -> dict[str, Any] | None:
-    return _read(run_dir / name)
+    return read_json(run_dir / name)
 
 
 def read_cancelled(run_dir: Path) -> float | None:
-    record = _read(run_dir / CANCELLED)
+    record = read_json(run_dir / CANCELLED)
     return float(record["at"]) if record and "at" in record else None
 
 
@@ -56,7 +56,7 @@ def write_eval_job(run_dir: Path, job_id: str) -> None:
 
 
 def read_eval_job(run_dir: Path) -> dict[str, Any] | None:
-    return _read(run_dir / EVAL_JOB)
+    return read_json(run_dir / EVAL_JOB)
 
 
 def log_job(run_dir: Path) -> None:
@@ -70,17 +70,7 @@ def log_job(run_dir: Path) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def read_jobs(run_dir: Path) -> list[dict[str, Any]]:
-    try:
-        lines = (run_dir / JOB_LOG).read_text().splitlines()
-    except FileNotFoundError:
-        return []
-    return [json.loads(line) for line in lines if line.strip()]
-
-
 def clear(run_dir: Path) -> None:
     for name in (FAILURE, EVAL_FAILURE, EVAL_JOB, CANCELLED):
         (run_dir / name).unlink(missing_ok=True)
 
-
-_read = read_json
