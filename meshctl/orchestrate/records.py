@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from meshctl.layout import PENDING, read_json, submissions_dir
+from meshctl.layout import PENDING, read_json, run_dir_of, submissions_dir
 
 
 @dataclass
@@ -38,6 +38,10 @@ class SubmissionRecord:
     def new(cls, kind: str, folder: Path, sweep: str, runs: list[str], owner: str, **extra: Any) -> SubmissionRecord:
         token = uuid.uuid4().hex[:12]
         return cls(token, kind, str(folder), f"meshctl-{sweep[:40]}-{token}", runs, owner, time.time(), **extra)
+
+    def run_dir(self, run_id: str) -> Path:
+        """A run's directory: the jobs folder is <results>/jobs/<sweep>."""
+        return run_dir_of(Path(self.folder).parent.parent, run_id)
 
 
 def _pending_path(folder: str | Path, token: str) -> Path:
@@ -67,19 +71,14 @@ def settle(record: SubmissionRecord, job_ids: list[str]) -> None:
 
 
 def pending(folder: str | Path) -> list[SubmissionRecord]:
-    out = []
-    for path in sorted((submissions_dir(folder) / PENDING).glob("*.json")):
-        document = read_json(path)
-        if document is not None:
-            out.append(SubmissionRecord(**document))
-    return out
+    return _load(submissions_dir(folder) / PENDING)
 
 
 def settled(folder: str | Path) -> list[SubmissionRecord]:
     """Every settled record of a jobs folder (what the tests count jobs per run from, with the scheduler)."""
-    out = []
-    for path in sorted(submissions_dir(folder).glob("*.json")):
-        document = read_json(path)
-        if document is not None:
-            out.append(SubmissionRecord(**document))
-    return out
+    return _load(submissions_dir(folder))
+
+
+def _load(directory: Path) -> list[SubmissionRecord]:
+    return [SubmissionRecord(**document) for path in sorted(directory.glob("*.json"))
+            if (document := read_json(path)) is not None]

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from meshctl.orchestrate.claims import process_start
 from meshctl.orchestrate.ledger import Submission
 from meshctl.orchestrate.records import SubmissionRecord
 if TYPE_CHECKING:
@@ -53,7 +54,6 @@ class LocalBackend:
     def adopt(self, records: list[SubmissionRecord], spec_of: Callable[[str], str]) -> dict[str, list[Submission]]:
         """Lanes found in /proc by their tag (one pass for all records); a lane whose submitter died before
         submitit moved its pickle into place waits for it (60 s): it is written here."""
-        from meshctl.layout import run_dir_of
         from meshctl.orchestrate.executors import Resources, restore_pickle
         from meshctl.orchestrate.jobs import RunQueue
 
@@ -62,8 +62,7 @@ class LocalBackend:
         for r in records:
             if r.token not in lanes:
                 continue
-            results_dir = Path(r.folder).parent.parent
-            items = [(spec_of(run_id), str(run_dir_of(results_dir, run_id))) for run_id in r.runs]
+            items = [(spec_of(run_id), str(r.run_dir(run_id))) for run_id in r.runs]
             restore_pickle(r.folder, str(lanes[r.token]), RunQueue(items, r.evaluation), Resources.model_validate(r.resources))
             out[r.token] = [Submission(run_id, self.kind, str(lanes[r.token]), None, r.folder, r.at) for run_id in r.runs]
         return out
@@ -159,19 +158,8 @@ def kill_tree(pid: int, grace_s: float = 2.0) -> None:
             except (ProcessLookupError, PermissionError):
                 pass
         deadline = time.time() + grace_s
-        while sig == signal.SIGINT and time.time() < deadline and any(_alive(p) for p in tree):
+        while sig == signal.SIGINT and time.time() < deadline and any(process_start(p) is not None for p in tree):
             time.sleep(0.1)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.exists() and stat.read_text().split(")")[-1].split()[0] == "Z")
 
 
 def _descendants(pid: int) -> list[int]:

@@ -90,7 +90,7 @@ class SlurmBackend:
                     from meshctl.orchestrate.markers import write_eval_job
 
                     for sub in subs:
-                        write_eval_job(run_dir_of_sub(record, sub), evals[sub.array_index or 0])
+                        write_eval_job(record.run_dir(sub.run_id), evals[sub.array_index or 0])
                 else:
                     _submit_evaluations(record, subs)
             out[record.token] = subs
@@ -122,10 +122,6 @@ def _eval_name(record: SubmissionRecord) -> str:
     return record.name.replace("meshctl-", "meshctl-eval-", 1)
 
 
-def run_dir_of_sub(record: SubmissionRecord, sub: Submission) -> Path:
-    return run_dir_of(Path(record.folder).parent.parent, sub.run_id)
-
-
 def _submit_evaluations(record: SubmissionRecord, subs: list[Submission]) -> None:
     """An array of evaluations, task i starting once training task i succeeded (aftercorr); one GPU
     each. They are not ledger runs: their results land in the run directories (`eval/*.json`)."""
@@ -138,7 +134,7 @@ def _submit_evaluations(record: SubmissionRecord, subs: list[Submission]) -> Non
     # not held: it waits on the (held) training array anyway
     executor = _executor(record, _eval_name(record), hold=False, nodes=1, gpus_per_node=min(1, gpus),
                          tasks_per_node=1, extra=extra)
-    run_dirs = [run_dir_of_sub(record, s) for s in subs]
+    run_dirs = [record.run_dir(s.run_id) for s in subs]
     for run_dir, job in zip(run_dirs, executor.submit_array([EvalJob(str(d), record.evaluation) for d in run_dirs])):
         write_eval_job(run_dir, str(job.job_id))  # for status and --wait
 
@@ -167,5 +163,5 @@ def _restore_pickles(record: SubmissionRecord, subs: list[Submission], spec_of: 
 
     resources = Resources.model_validate(record.resources)
     for sub in subs:
-        restore_pickle(record.folder, sub.job_id, TrainingJob(spec_of(sub.run_id), str(run_dir_of_sub(record, sub))),
+        restore_pickle(record.folder, sub.job_id, TrainingJob(spec_of(sub.run_id), str(record.run_dir(sub.run_id))),
                        resources)
