@@ -266,14 +266,15 @@ class RunSpec(BaseModel):
         return self.train.global_batch * self.data.seq_len  # type: ignore[operator]
 
 
-# Optional packages behind `train.loggers` (csv is Lightning's own); checked without importing them.
-TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
+# Optional packages behind `train.loggers`, each named as its logger (csv is Lightning's own); checked
+# without importing them.
+TRACKER_PACKAGES = ("tensorboard", "wandb")
 
 
 def _check_trackers_installed(loggers: tuple[str, ...]) -> None:
     from importlib.util import find_spec
 
-    missing = [name for name in loggers if name in TRACKER_PACKAGES and find_spec(TRACKER_PACKAGES[name]) is None]
+    missing = [name for name in loggers if name in TRACKER_PACKAGES and find_spec(name) is None]
     if missing:
         raise BadInput(f"train.loggers: {', '.join(missing)} is not installed; pip install 'meshctl[tracking]' "
                        f"or remove it from train.loggers")

@@ -21,12 +21,11 @@ LayerNorm outputs are fp32 under autocast, allocator slack and temporaries are n
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from meshctl.models.counting import count_params, layer_params
 
-GiB = 2**30
 # AdamW in fp32: weights, gradients, DDP buckets 4 bytes each; exp_avg + exp_avg_sq 8
 WEIGHT, GRAD, ADAM = 4, 4, 8
 SAVED_PER_LAYER = 16  # d-sized tensors kept for backward per token and layer application
@@ -48,9 +47,6 @@ class MemoryEstimate:
     @property
     def total(self) -> int:
         return self.params + self.grads + self.optimizer + self.buffers + self.activations
-
-    def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "total": self.total}
 
 
 def root_unit_params(spec: Any) -> int:
@@ -79,9 +75,10 @@ def per_gpu_memory(spec: Any, *, strategy: str, world_size: int, micro_batch: in
     n = max(world_size, 1)
     act = activation_bytes(spec, micro_batch, seq_len, precision)
     if strategy == "fsdp":
-        root, layer = root_unit_params(spec), layer_params(spec)
-        gathered = (root + 2 * min(single_use_layers(spec), 1) * layer) * WEIGHT
-        unsharded_grads = (root + min(single_use_layers(spec), 1) * layer) * GRAD
+        root = root_unit_params(spec)
+        layer = layer_params(spec) if single_use_layers(spec) else 0  # a single-use layer's working set
+        gathered = (root + 2 * layer) * WEIGHT
+        unsharded_grads = (root + layer) * GRAD
         return MemoryEstimate(strategy, n, WEIGHT * p // n, GRAD * p // n, ADAM * p // n,
                               gathered + unsharded_grads, act)
     optimizer = ADAM * p // n if strategy == "ddp_zero1" else ADAM * p

@@ -29,8 +29,6 @@ from typing import Any
 
 from torch import nn
 
-STRATEGIES = ("auto", "ddp", "ddp_zero1", "fsdp")
-
 
 def lightning_strategy(name: str, world_size: int) -> Any:
     """The Lightning strategy for `train.strategy` over `world_size` ranks."""
