@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import os
 import secrets
+from collections.abc import Iterator
 from typing import Any
 
 import lightning as L
@@ -52,28 +53,24 @@ def build_loggers(spec: RunSpec, rd: RunDir) -> list[Logger]:
 def scalars(record: dict[str, Any]) -> dict[str, float]:
     """A metrics.jsonl record as tracker scalars: its numbers under their own keys, `val.<set>.<key>` as
     `val/<set>/<key>`; the step is the x-axis, nulls are left out."""
-    out: dict[str, float] = {}
-
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict):
-            for key, inner in value.items():
-                walk(f"{prefix}/{key}" if prefix else key, inner)
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            out[prefix] = float(value)
-
-    walk("", {k: v for k, v in record.items() if k != "step"})
-    return out
+    return {key: float(value) for key, value in _leaves(record)
+            if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool)}
 
 
-def _flat_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in config.items():
+def _flat_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The spec as TensorBoard hparams: `a/b` keys, anything but a plain value as its str."""
+    return {key: value if isinstance(value, (int, float, str, bool)) else str(value)
+            for key, value in _leaves(config)}
+
+
+def _leaves(document: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """A nested dict's non-dict values, keyed by their path joined with `/`."""
+    for key, value in document.items():
         name = f"{prefix}/{key}" if prefix else key
         if isinstance(value, dict):
-            out.update(_flat_config(value, name))
+            yield from _leaves(value, name)
         else:
-            out[name] = value if isinstance(value, (int, float, str, bool)) else str(value)
-    return out
+            yield name, value
 
 
 class TrackerFeed(_StepBoundary):
