@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,8 +20,8 @@ import yaml
 from typer.testing import CliRunner
 
 from meshctl.train.rundir import read_metrics
+from tests.train.test_training import _train_cli, _wait_for_step
 
-ROOT = Path(__file__).resolve().parents[2]
 FAMILIES = (
     "tiny-64",  # vanilla
     "tiny-64-1+1R2+1-base",
@@ -128,12 +127,8 @@ def test_every_family_under_fsdp_matches_one_process_and_gathers_the_core_once()
 
 
 def _train(spec_path: Path, run_dir: Path) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     # its own session: Lightning's second rank is a child, and a kill must take both
-    return subprocess.Popen(
-        [sys.executable, "-m", "meshctl", "train", str(spec_path), "--run-dir", str(run_dir), "--format", "json"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )
+    return _train_cli(spec_path, run_dir, new_session=True)
 
 
 def _finish(proc: subprocess.Popen) -> dict:
@@ -143,12 +138,7 @@ def _finish(proc: subprocess.Popen) -> dict:
 
 
 def _kill_after_step(proc: subprocess.Popen, metrics: Path, step: int) -> None:
-    deadline = time.monotonic() + 180
-    while not (metrics.exists() and any(json.loads(line).get("step") == step
-                                        for line in metrics.read_text().splitlines() if line.endswith("}"))):
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
-        assert time.monotonic() < deadline, f"step {step} never logged"
-        time.sleep(0.01)
+    _wait_for_step(proc, metrics, step, timeout=180)
     os.killpg(proc.pid, signal.SIGSTOP)  # freeze both ranks at once, then kill them
     os.killpg(proc.pid, signal.SIGKILL)
     proc.communicate()

@@ -63,11 +63,12 @@ def test_tiny_model_learns_real_text(model, prepared_demo, small_spec, tmp_path)
     assert all(r["mfu"] is None and r["tokens_per_s"] > 0 for r in records)  # no MFU invented on CPU
 
 
-def _train_cli(spec_path: Path, run_dir: Path) -> subprocess.Popen:
+def _train_cli(spec_path: Path, run_dir: Path, new_session: bool = False) -> subprocess.Popen:
+    """`meshctl train --format json` in a subprocess; `new_session` so that os.killpg reaches its ranks."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(
         [sys.executable, "-m", "meshctl", "train", str(spec_path), "--run-dir", str(run_dir), "--format", "json"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=new_session,
     )
 
 
