@@ -66,8 +66,9 @@ def sweep(
             return
         from meshctl.orchestrate.submit import submit_sweep
 
-        report = submit_sweep(parsed, raw, str(spec), results_dir, executor=executor.value if executor else None,
-                              retry_failed=retry_failed, force=force, evaluation=_checked_evaluation(parsed))
+        kind, evaluation = executor.value if executor else None, _checked_evaluation(parsed)
+        report = submit_sweep(parsed, raw, str(spec), results_dir, executor=kind,
+                              retry_failed=retry_failed, force=force, evaluation=evaluation)
     if format == Format.json and not wait:
         print_json({"sweep": parsed.name, "submitted": report.job_ids, "skipped": report.skipped})
     else:  # with --format json --wait, stdout is kept for the final status document
@@ -77,9 +78,8 @@ def sweep(
         typer.echo(f"{parsed.name}: adopted {len(report.adopted)} run(s) whose jobs a killed meshctl had submitted "
                    "without recording them", err=True)
     if wait:
-        _wait(parsed.name, results_dir, format, takeover=lambda: submit_sweep(
-            parsed, raw, str(spec), results_dir, executor=executor.value if executor else None,
-            evaluation=_checked_evaluation(parsed)), command=f"meshctl sweep {spec}")
+        _wait(parsed.name, results_dir, format, command=f"meshctl sweep {spec}", takeover=lambda: submit_sweep(
+            parsed, raw, str(spec), results_dir, executor=kind, evaluation=evaluation))
 
 
 def _checked_evaluation(parsed: Any) -> dict[str, Any] | None:
