@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -278,6 +279,34 @@ def _check_trackers_installed(loggers: tuple[str, ...]) -> None:
     if missing:
         raise BadInput(f"train.loggers: {', '.join(missing)} is not installed; pip install 'meshctl[tracking]' "
                        f"or remove it from train.loggers")
+    if "wandb" in loggers and not _wandb_can_log():
+        raise BadInput("train.loggers: wandb has no API key here and is not offline; run `wandb login`, set "
+                       "WANDB_API_KEY, or set WANDB_MODE=offline (then `wandb sync` the run's wandb/latest-run)")
+
+
+def _wandb_can_log() -> bool:
+    """Whether wandb.init will find a mode that needs no key or a key (environment, .netrc, its settings
+    file), checked without importing wandb; otherwise it fails once training has set up (a traceback)."""
+    import configparser
+    import netrc
+    from urllib.parse import urlsplit
+
+    if os.environ.get("WANDB_MODE", "").lower() in ("offline", "dryrun", "disabled") or os.environ.get("WANDB_API_KEY"):
+        return True
+    settings = configparser.ConfigParser()
+    config_dir = os.environ.get("WANDB_CONFIG_DIR") or os.path.join(os.path.expanduser("~"), ".config", "wandb")
+    try:
+        settings.read(os.path.join(config_dir, "settings"))
+    except configparser.Error:
+        pass
+    if settings.has_section("default") and (settings["default"].get("api_key") or settings["default"].get(
+            "mode", "").lower() in ("offline", "dryrun", "disabled")):
+        return True
+    host = urlsplit(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).netloc
+    try:
+        return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
 
 
 def validation_message(exc: ValidationError, source: str | None = None) -> str:

@@ -245,7 +245,28 @@ def test_a_missing_tracker_package_is_refused_with_the_extra(small_spec, tmp_pat
                    "train.loggers", "tensorboard")
 
 
-def test_sweep_names_the_group_and_loggers_keep_run_ids(prepared_demo):
+def test_wandb_without_a_key_or_offline_mode_is_refused_before_anything_is_written(small_spec, tmp_path, monkeypatch):
+    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    spec = small_spec()
+    spec["train"]["loggers"] = ["wandb"]
+    spec_path = tmp_path / "run.yaml"
+    spec_path.write_text(yaml.safe_dump(spec))
+    run = ["train", str(spec_path), "--run-dir", str(tmp_path / "run")]
+    assert_refused(CliRunner().invoke(app, run), "train.loggers", "wandb login", "WANDB_MODE=offline")
+    assert not (tmp_path / "run").exists()
+    # what wandb itself would accept: a key in the .netrc `wandb login` writes, or offline mode
+    (tmp_path / "netrc").write_text("machine api.wandb.ai\n  login user\n  password " + "0" * 40 + "\n")
+    assert RunSpec.model_validate(spec).resolved().train.loggers == ("wandb",)
+    (tmp_path / "netrc").unlink()
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert RunSpec.model_validate(spec).resolved().train.loggers == ("wandb",)
+
+
+def test_sweep_names_the_group_and_loggers_keep_run_ids(prepared_demo, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")  # wandb needs a key or offline mode (refused otherwise)
     plain = expand(parse_sweep(tiny_sweep(prepared_demo, name="plain")))
     swept = tiny_sweep(prepared_demo, name="tracked")
     swept["train"]["loggers"] = ["tensorboard", "wandb"]
