@@ -13,7 +13,7 @@ from typing import Any
 from meshctl.models.counting import count_params, flops_per_token
 from meshctl.specs.sweep import PlannedRun
 from meshctl.train.hardware import PEAK_FLOPS, precision_kind
-from meshctl.train.memory import per_gpu_memory
+from meshctl.train.memory import run_memory
 
 FLOP_FORMULA = "palm"
 
@@ -38,11 +38,9 @@ def plan_rows(planned: list[PlannedRun], gpu: str = "h100-sxm", mfu: float = 0.4
         peak = PEAK_FLOPS[gpu][precision_kind(spec.train.precision)]
         t = spec.train
         gpus = t.world_size
-        strategy = t.strategy if t.strategy != "auto" else "ddp"
-        mem_key = (key, strategy, gpus, t.micro_batch, t.precision)
+        mem_key = (key, t.strategy, gpus, t.micro_batch, t.precision)
         if mem_key not in memory:
-            memory[mem_key] = per_gpu_memory(model, strategy=strategy, world_size=gpus, micro_batch=t.micro_batch,
-                                             seq_len=spec.data.seq_len, precision=t.precision)
+            memory[mem_key] = run_memory(spec, model=model)
         rows.append({
             "run_id": run.run_id,
             **{k: run.labels.get(k) for k in ("group", "variant", "family", "structure", "seed")},
@@ -56,7 +54,7 @@ def plan_rows(planned: list[PlannedRun], gpu: str = "h100-sxm", mfu: float = 0.4
             "total_flops": total,
             "gpus": gpus,
             "gpu_hours": total / (peak * mfu) / 3600.0,
-            "strategy": strategy if gpus > 1 else None,
+            "strategy": memory[mem_key].strategy if gpus > 1 else None,
             "gpu_memory_gib": memory[mem_key].total / 2**30,
             "resources": run.resources,
         })

@@ -86,9 +86,10 @@ def per_gpu_memory(spec: Any, *, strategy: str, world_size: int, micro_batch: in
     return MemoryEstimate(strategy, n, WEIGHT * p, GRAD * p, optimizer, buckets, act)
 
 
-def run_memory(spec: Any, strategy: str | None = None) -> MemoryEstimate:
-    """The estimate for a resolved RunSpec (its strategy, devices x nodes, micro-batch, seq_len, precision)."""
+def run_memory(spec: Any, strategy: str | None = None, model: Any = None) -> MemoryEstimate:
+    """The estimate for a resolved RunSpec (its strategy, devices x nodes, micro-batch, seq_len, precision);
+    `model`: its ModelSpec when the caller has it already (the planner counts each cell's once)."""
     t = spec.train
     name = strategy or (t.strategy if t.strategy != "auto" else "ddp")
-    return per_gpu_memory(spec.model_spec(), strategy=name, world_size=t.world_size, micro_batch=t.micro_batch,
-                          seq_len=spec.data.seq_len, precision=t.precision)
+    return per_gpu_memory(model or spec.model_spec(), strategy=name, world_size=t.world_size,
+                          micro_batch=t.micro_batch, seq_len=spec.data.seq_len, precision=t.precision)
